@@ -1,0 +1,1 @@
+"""jex: an event-sourced exchange."""

@@ -1,0 +1,1 @@
+"""jex.cli room."""

@@ -1,0 +1,224 @@
+"""Order book: price levels with intrusive FIFO queues (core room).
+
+A side keeps its levels in a ``SortedDict`` keyed by integer ticks and caches
+the best level, so reading the top of book is O(1). Each level is a doubly
+linked list threaded through the orders themselves, so adding at the tail,
+removing any order by reference (cancel by id) and consuming from the head
+are all O(1) with no per-order allocation beyond the order object.
+
+Nothing here reads a clock, a random source or a hash-ordered container.
+"""
+
+from __future__ import annotations
+
+from sortedcontainers import SortedDict
+
+from .commands import BUY, GTC, LIMIT, STP_NONE
+
+# Order status values.
+PENDING = 0  # waiting for a trigger (stop, conditional, inactive bracket child)
+OPEN = 1  # resting on the book or being matched
+DONE = 2  # filled, cancelled or expired
+STATUS_NAMES = ("pending", "open", "done")
+
+
+class Order:
+    """A live order. Mutable on purpose: it is the hot-path object.
+
+    ``qty`` is the open (remaining) quantity in lots and ``filled`` the
+    cumulative executed quantity. ``prev``/``next`` thread it through its
+    price level while it rests.
+    """
+
+    __slots__ = (
+        "order_id",
+        "client_id",
+        "account",
+        "symbol",
+        "side",
+        "kind",
+        "price",
+        "qty",
+        "filled",
+        "tif",
+        "expire_at",
+        "post_only",
+        "stp",
+        "status",
+        "priority_seq",
+        "prev",
+        "next",
+        "level",
+        "trigger",
+        "trail_amount",
+        "trail_percent_e6",
+        "activation_price",
+        "extreme",
+        "group",
+        "entry_seq",
+        "orig_qty",
+    )
+
+    def __init__(
+        self,
+        order_id: int,
+        client_id: str,
+        account: str,
+        symbol: str,
+        side: int,
+        kind: int,
+        price: int | None,
+        qty: int,
+        tif: int = GTC,
+        expire_at: int | None = None,
+        post_only: bool = False,
+        stp: int = STP_NONE,
+        entry_seq: int = 0,
+    ) -> None:
+        self.order_id = order_id
+        self.client_id = client_id
+        self.account = account
+        self.symbol = symbol
+        self.side = side
+        self.kind = kind
+        self.price = price
+        self.qty = qty
+        self.filled = 0
+        self.tif = tif
+        self.expire_at = expire_at
+        self.post_only = post_only
+        self.stp = stp
+        self.status = OPEN
+        self.priority_seq = entry_seq
+        self.prev: Order | None = None
+        self.next: Order | None = None
+        self.level: Level | None = None
+        self.trigger: int | None = None
+        self.trail_amount: int | None = None
+        self.trail_percent_e6: int | None = None
+        self.activation_price: int | None = None
+        self.extreme: int | None = None
+        self.group = None
+        self.entry_seq = entry_seq
+        self.orig_qty = qty
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return (
+            f"Order(id={self.order_id}, cid={self.client_id!r}, acct={self.account!r}, "
+            f"{'buy' if self.side == BUY else 'sell'} {self.qty}@{self.price}, status={self.status})"
+        )
+
+
+class Level:
+    """One price level: a FIFO of orders with cached total quantity and count."""
+
+    __slots__ = ("price", "head", "tail", "qty", "count")
+
+    def __init__(self, price: int) -> None:
+        self.price = price
+        self.head: Order | None = None
+        self.tail: Order | None = None
+        self.qty = 0
+        self.count = 0
+
+    def append(self, order: Order) -> None:
+        """Add ``order`` at the back of the queue. O(1)."""
+        tail = self.tail
+        order.prev = tail
+        order.next = None
+        order.level = self
+        if tail is None:
+            self.head = order
+        else:
+            tail.next = order
+        self.tail = order
+        self.qty += order.qty
+        self.count += 1
+
+    def unlink(self, order: Order) -> None:
+        """Remove ``order`` from the queue (its open qty leaves the level). O(1)."""
+        prev = order.prev
+        nxt = order.next
+        if prev is None:
+            self.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            self.tail = prev
+        else:
+            nxt.prev = prev
+        order.prev = order.next = None
+        order.level = None
+        self.qty -= order.qty
+        self.count -= 1
+
+    def orders(self):
+        """Iterate orders in time priority."""
+        o = self.head
+        while o is not None:
+            nxt = o.next
+            yield o
+            o = nxt
+
+
+class BookSide:
+    """All levels of one side. ``best`` is the cached best level (or None)."""
+
+    __slots__ = ("is_bid", "levels", "best")
+
+    def __init__(self, is_bid: bool) -> None:
+        self.is_bid = is_bid
+        self.levels: SortedDict = SortedDict()
+        self.best: Level | None = None
+
+    def level_for_insert(self, price: int) -> Level:
+        """The level at ``price``, created if missing. O(log n) on creation."""
+        levels = self.levels
+        level = levels.get(price)
+        if level is None:
+            level = Level(price)
+            levels[price] = level
+            best = self.best
+            if best is None or (price > best.price if self.is_bid else price < best.price):
+                self.best = level
+        return level
+
+    def remove_level(self, level: Level) -> None:
+        """Drop an empty level and refresh the cached best. O(log n)."""
+        levels = self.levels
+        del levels[level.price]
+        if self.best is level:
+            if levels:
+                self.best = levels.peekitem(-1 if self.is_bid else 0)[1]
+            else:
+                self.best = None
+
+    def iter_levels(self):
+        """Levels from best to worst."""
+        levels = self.levels
+        keys = reversed(levels.keys()) if self.is_bid else iter(levels.keys())
+        for price in keys:
+            yield levels[price]
+
+    def total_orders(self) -> int:
+        return sum(level.count for level in self.levels.values())
+
+
+class Book:
+    """The two sides of one instrument."""
+
+    __slots__ = ("bids", "asks")
+
+    def __init__(self) -> None:
+        self.bids = BookSide(True)
+        self.asks = BookSide(False)
+
+    def side(self, side: int) -> BookSide:
+        return self.bids if side == BUY else self.asks
+
+    def opposite(self, side: int) -> BookSide:
+        return self.asks if side == BUY else self.bids
+
+
+def is_limit(order: Order) -> bool:
+    return order.kind == LIMIT

@@ -1,0 +1,596 @@
+"""The JSON edge codec: contract JSON <-> internal commands and events.
+
+This module is pure (no I/O) and lives in core so that every edge (CLI, HTTP,
+the Python API, the conformance adapter) shares one implementation, but the
+engine itself never calls it. It:
+
+* decodes a JSON line (bytes/str) or a Python dict into a wire Struct with
+  msgspec (unknown fields, missing fields and wrong types are refused with
+  the JSON path of the field);
+* converts decimal strings to integer ticks/lots on the instrument's grid
+  (off-grid, non-positive or malformed values are refused naming the field);
+* checks the shape of each order (a limit needs a price, GTD needs
+  expire_at, ...), so that only well-formed commands ever reach the log;
+* converts events back to the JSON contract with decimal strings.
+
+Every refusal is a ``CommandError`` whose ``str()`` is one line,
+``<field>: <reason>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+from . import commands as C
+from . import events as E
+from .decimal_grid import Grid, GridError
+
+# Limits on client-supplied values (named, with units).
+ID_CHARS_MAX = 64  # account and client_id length
+SYMBOL_CHARS_MAX = 32
+QTY_LOTS_MAX = 10**15
+PRICE_TICKS_MAX = 10**15
+TS_NS_MAX = 2**63 - 1
+CONDITION_DEPTH_MAX = 8
+CONDITION_LEAVES_MAX = 64
+TRAIL_PERCENT_DECIMALS_MAX = 6
+LINE_BYTES_MAX = 64 * 1024  # longest JSON command accepted
+
+
+class CommandError(ValueError):
+    """Malformed or invalid input at the edge. ``str()`` is one line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+Num = Union[str, int]
+
+_WIRE = dict(forbid_unknown_fields=True, tag_field="type")
+
+
+class WInstrument(msgspec.Struct, tag="instrument", **_WIRE):
+    symbol: str
+    tick: str
+    lot: str
+    matching: Literal["fifo", "pro_rata"] = "fifo"
+    min_alloc: Num | None = None
+    top_order: bool = False
+    vpin_bucket: Num | None = None
+    vpin_window: int = 50
+    oco_mode: Literal["cancel_on_any_fill", "reduce", "cancel_on_full_fill"] = "cancel_on_any_fill"
+    post_only_mode: Literal["reject", "slide"] = "reject"
+    residual: Literal["fifo", "largest"] = "fifo"
+    stop_entry_check: bool = True
+    vpin_classify: Literal["aggressor", "tick", "bvc"] = "aggressor"
+    vpin_sigma: Num | None = None
+    vpin_bar_seconds: int = 60
+    ts: int | None = None
+
+
+_Side = Literal["buy", "sell"]
+_Kind = Literal["limit", "market", "stop", "stop_limit", "trailing_stop"]
+_Tif = Literal["GTC", "IOC", "FOK", "GTD"]
+_Stp = Literal["none", "expire_taker", "expire_maker", "expire_both", "decrement"]
+
+
+class WOrder(msgspec.Struct, tag="order", **_WIRE):
+    account: str
+    client_id: str
+    symbol: str
+    side: _Side
+    kind: _Kind
+    qty: Num
+    price: Num | None = None
+    trigger: Num | None = None
+    trail_amount: Num | None = None
+    trail_percent: Num | None = None
+    activation_price: Num | None = None
+    tif: _Tif | None = None
+    expire_at: int | None = None
+    post_only: bool = False
+    stp: _Stp = "none"
+    ts: int | None = None
+
+
+class WLeg(msgspec.Struct, forbid_unknown_fields=True):
+    """An order body inside a group (no ``type``; account/symbol default to the group's)."""
+
+    side: _Side
+    kind: _Kind
+    qty: Num
+    account: str | None = None
+    client_id: str | None = None
+    symbol: str | None = None
+    price: Num | None = None
+    trigger: Num | None = None
+    trail_amount: Num | None = None
+    trail_percent: Num | None = None
+    activation_price: Num | None = None
+    tif: _Tif | None = None
+    expire_at: int | None = None
+    post_only: bool = False
+    stp: _Stp = "none"
+
+
+class WCancel(msgspec.Struct, tag="cancel", **_WIRE):
+    account: str
+    client_id: str | None = None
+    order_id: int | None = None
+    ts: int | None = None
+
+
+class WReplace(msgspec.Struct, tag="replace", **_WIRE):
+    account: str
+    client_id: str | None = None
+    order_id: int | None = None
+    qty: Num | None = None
+    price: Num | None = None
+    ts: int | None = None
+
+
+class WOco(msgspec.Struct, tag="oco", **_WIRE):
+    account: str
+    client_id: str
+    symbol: str
+    legs: list[WLeg]
+    mode: Literal["cancel_on_any_fill", "reduce", "cancel_on_full_fill"] | None = None
+    ts: int | None = None
+
+
+class WTakeProfit(msgspec.Struct, forbid_unknown_fields=True):
+    price: Num
+
+
+class WStopLoss(msgspec.Struct, forbid_unknown_fields=True):
+    trigger: Num
+    price: Num | None = None
+
+
+class WBracket(msgspec.Struct, tag="bracket", **_WIRE):
+    account: str
+    client_id: str
+    symbol: str
+    entry: WLeg
+    take_profit: WTakeProfit
+    stop_loss: WStopLoss
+    activation: Literal["first_fill", "full_fill"] = "first_fill"
+    ts: int | None = None
+
+
+class WConditional(msgspec.Struct, tag="conditional", **_WIRE):
+    account: str
+    client_id: str
+    when: dict[str, Any]
+    order: WLeg
+    ts: int | None = None
+
+
+class WAuction(msgspec.Struct, tag="auction", **_WIRE):
+    symbol: str
+    action: Literal["open", "uncross"]
+    reference_price: Num | None = None
+    ts: int | None = None
+
+
+class WClock(msgspec.Struct, tag="clock", **_WIRE):
+    ts: int | None = None
+
+
+WireCommand = Union[WInstrument, WOrder, WCancel, WReplace, WOco, WBracket, WConditional, WAuction, WClock]
+
+_json_decoder = msgspec.json.Decoder(WireCommand)
+
+
+def _msgspec_error(exc: msgspec.MsgspecError) -> CommandError:
+    """Turn msgspec's message ('Expected `str`, got `int` - at `$.qty`') into a CommandError."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    field = "$"
+    if " - at `" in text:
+        text, _, path = text.rpartition(" - at `")
+        field = path.rstrip("`")
+    return CommandError(field, text)
+
+
+def decode_wire(data: bytes | str | dict) -> Any:
+    """Decode one JSON command (bytes/str line or already-parsed dict) to a wire Struct."""
+    try:
+        if isinstance(data, dict):
+            return msgspec.convert(data, WireCommand)
+        if isinstance(data, (bytes, bytearray, memoryview, str)):
+            if len(data) > LINE_BYTES_MAX:
+                raise CommandError("$", f"command longer than {LINE_BYTES_MAX} bytes")
+            return _json_decoder.decode(data)
+        raise CommandError("$", f"expected a JSON object, got {type(data).__name__}")
+    except msgspec.MsgspecError as exc:
+        raise _msgspec_error(exc) from None
+
+
+class Catalog:
+    """Symbol -> (tick grid, lot grid), read from the engine's instruments.
+
+    The engine's ``instruments`` dict is passed in (a live view), so grids of
+    instruments defined earlier in the same batch are visible.
+    """
+
+    def __init__(self, instruments: dict) -> None:
+        self._instruments = instruments
+        self._grids: dict[str, tuple[Grid, Grid]] = {}
+
+    def grids(self, symbol: str) -> tuple[Grid, Grid] | None:
+        grids = self._grids.get(symbol)
+        if grids is None:
+            inst = self._instruments.get(symbol)
+            if inst is None:
+                return None
+            config = inst.config
+            grids = (Grid(config.tick), Grid(config.lot))
+            self._grids[symbol] = grids
+        return grids
+
+
+def _check_id(value: str | None, field: str, required: bool = True) -> None:
+    if value is None:
+        if required:
+            raise CommandError(field, "is required")
+        return
+    if not value or len(value) > ID_CHARS_MAX:
+        raise CommandError(field, f"must be 1..{ID_CHARS_MAX} characters")
+    if not value.isprintable():
+        raise CommandError(field, "must be printable")
+
+
+def _check_ts(value: int | None, field: str) -> None:
+    if value is not None and not 0 <= value <= TS_NS_MAX:
+        raise CommandError(field, "must be a non-negative int64 of nanoseconds")
+
+
+def _units(grid: Grid, value: Num, field: str, maximum: int, positive: bool = True) -> int:
+    try:
+        units = grid.to_units(value)
+    except GridError as exc:
+        raise CommandError(field, str(exc)) from None
+    if positive and units <= 0:
+        raise CommandError(field, "must be positive")
+    if abs(units) > maximum:
+        raise CommandError(field, f"is larger than {maximum} steps")
+    return units
+
+
+def _percent_e6(value: Num, field: str) -> int:
+    grid = Grid("0.000001")
+    units = _units(grid, value, field, 100_000_000)
+    if units >= 100_000_000:
+        raise CommandError(field, "must be below 100 percent")
+    return units
+
+
+class Codec:
+    """Converts contract JSON to internal commands, and events back to JSON."""
+
+    def __init__(self, instruments: dict, order_symbol=None) -> None:
+        """``instruments`` is a live symbol -> state mapping (with ``.config``);
+        ``order_symbol(account, client_id, order_id) -> symbol | None`` lets a
+        replace find the grid of the order it names."""
+        self.catalog = Catalog(instruments)
+        self._order_symbol = order_symbol
+
+    @classmethod
+    def for_engine(cls, engine) -> Codec:
+        """A codec reading instruments and live orders from ``engine``."""
+
+        def order_symbol(account: str, client_id: str | None, order_id: int | None) -> str | None:
+            if order_id is None:
+                order_id = engine.client_ids.get((account, client_id))
+            order = engine.orders.get(order_id) if order_id is not None else None
+            return None if order is None else order.symbol
+
+        return cls(engine.instruments, order_symbol)
+
+    # ---------------------------------------------------------- commands
+
+    def command(self, data: bytes | str | dict) -> tuple[C.Command, int | None]:
+        """Decode and validate one command; returns (command, input ts or None)."""
+        wire = decode_wire(data)
+        _check_ts(getattr(wire, "ts", None), "$.ts")
+        convert = getattr(self, "_" + type(wire).__name__[1:].lower())
+        return convert(wire), wire.ts
+
+    def _grids(self, symbol: str, field: str) -> tuple[Grid, Grid]:
+        if not symbol or len(symbol) > SYMBOL_CHARS_MAX:
+            raise CommandError(field, f"must be 1..{SYMBOL_CHARS_MAX} characters")
+        grids = self.catalog.grids(symbol)
+        if grids is None:
+            raise CommandError(field, f"unknown symbol {symbol}")
+        return grids
+
+    def _instrument(self, w: WInstrument) -> C.Instrument:
+        if not w.symbol or len(w.symbol) > SYMBOL_CHARS_MAX or not w.symbol.isprintable():
+            raise CommandError("$.symbol", f"must be 1..{SYMBOL_CHARS_MAX} printable characters")
+        grids = []
+        for field, text in (("$.tick", w.tick), ("$.lot", w.lot)):
+            try:
+                grids.append(Grid(text))
+            except GridError as exc:
+                raise CommandError(field, str(exc)) from None
+        lot = grids[1]
+        min_alloc = 0 if w.min_alloc is None else _units(lot, w.min_alloc, "$.min_alloc", QTY_LOTS_MAX, False)
+        if min_alloc < 0:
+            raise CommandError("$.min_alloc", "must not be negative")
+        bucket = 0 if w.vpin_bucket is None else _units(lot, w.vpin_bucket, "$.vpin_bucket", QTY_LOTS_MAX)
+        if not 1 <= w.vpin_window <= 10_000:
+            raise CommandError("$.vpin_window", "must be 1..10000")
+        sigma = 0 if w.vpin_sigma is None else _units(grids[0], w.vpin_sigma, "$.vpin_sigma", PRICE_TICKS_MAX, False)
+        if sigma < 0:
+            raise CommandError("$.vpin_sigma", "must not be negative")
+        if not 1 <= w.vpin_bar_seconds <= 86_400:
+            raise CommandError("$.vpin_bar_seconds", "must be 1..86400")
+        return C.Instrument(
+            w.symbol,
+            w.tick,
+            w.lot,
+            C.MATCHING_NAMES.index(w.matching),
+            min_alloc,
+            w.top_order,
+            bucket,
+            w.vpin_window,
+            C.OCO_MODE_NAMES.index(w.oco_mode),
+            C.POST_ONLY_MODE_NAMES.index(w.post_only_mode),
+            C.RESIDUAL_NAMES.index(w.residual),
+            w.stop_entry_check,
+            C.VPIN_CLASSIFY_NAMES.index(w.vpin_classify),
+            sigma,
+            w.vpin_bar_seconds * 1_000_000_000,
+        )
+
+    def _order(self, w: WOrder) -> C.NewOrder:
+        return self._order_body(w, w.account, w.client_id, w.symbol, "$")
+
+    def _order_body(self, w: WOrder | WLeg, account: str, client_id: str, symbol: str, at: str) -> C.NewOrder:
+        """Validate one order body (top-level order or a group's leg)."""
+        _check_id(account, f"{at}.account")
+        _check_id(client_id, f"{at}.client_id")
+        tick, lot = self._grids(symbol, f"{at}.symbol")
+        side = C.SIDE_NAMES.index(w.side)
+        kind = C.KIND_NAMES.index(w.kind)
+        qty = _units(lot, w.qty, f"{at}.qty", QTY_LOTS_MAX)
+
+        def price_of(value: Num | None, name: str) -> int | None:
+            return None if value is None else _units(tick, value, f"{at}.{name}", PRICE_TICKS_MAX)
+
+        price = price_of(w.price, "price")
+        trigger = price_of(w.trigger, "trigger")
+        trail_amount = price_of(w.trail_amount, "trail_amount")
+        activation = price_of(w.activation_price, "activation_price")
+        trail_pct = None if w.trail_percent is None else _percent_e6(w.trail_percent, f"{at}.trail_percent")
+        default_tif = "IOC" if kind == C.MARKET else "GTC"
+        tif = C.TIF_NAMES.index(w.tif or default_tif)
+        _check_ts(w.expire_at, f"{at}.expire_at")
+        _check_order_shape(kind, tif, price, trigger, trail_amount, trail_pct, activation, w.expire_at, w.post_only, at)
+        return C.NewOrder(
+            account,
+            client_id,
+            symbol,
+            side,
+            kind,
+            qty,
+            price,
+            trigger,
+            trail_amount,
+            trail_pct,
+            activation,
+            tif,
+            w.expire_at,
+            w.post_only,
+            C.STP_NAMES.index(w.stp),
+        )
+
+    def _leg(self, leg: WLeg, account: str, symbol: str, default_cid: str, at: str) -> C.NewOrder:
+        if leg.account is not None and leg.account != account:
+            raise CommandError(f"{at}.account", "must equal the group's account")
+        if leg.symbol is not None and leg.symbol != symbol:
+            raise CommandError(f"{at}.symbol", "must equal the group's symbol")
+        return self._order_body(leg, account, leg.client_id or default_cid, symbol, at)
+
+    def _cancel(self, w: WCancel) -> C.Cancel:
+        _check_id(w.account, "$.account")
+        _check_target(w.client_id, w.order_id)
+        return C.Cancel(w.account, w.client_id, w.order_id)
+
+    def _replace(self, w: WReplace) -> C.Replace:
+        _check_id(w.account, "$.account")
+        _check_target(w.client_id, w.order_id)
+        if w.qty is None and w.price is None:
+            raise CommandError("$", "replace needs qty or price")
+        symbol = self._order_symbol(w.account, w.client_id, w.order_id) if self._order_symbol else None
+        if symbol is None:
+            # The engine will answer unknown_order; there is no grid to convert on.
+            return C.Replace(w.account, w.client_id, w.order_id, None, None)
+        tick, lot = self._grids(symbol, "$.symbol")
+        qty = None if w.qty is None else _units(lot, w.qty, "$.qty", QTY_LOTS_MAX)
+        price = None if w.price is None else _units(tick, w.price, "$.price", PRICE_TICKS_MAX)
+        return C.Replace(w.account, w.client_id, w.order_id, qty, price)
+
+    def _oco(self, w: WOco) -> C.Oco:
+        _check_id(w.account, "$.account")
+        _check_id(w.client_id, "$.client_id")
+        self._grids(w.symbol, "$.symbol")
+        if len(w.legs) != 2:
+            raise CommandError("$.legs", "an OCO has exactly two legs")
+        legs = tuple(
+            self._leg(leg, w.account, w.symbol, f"{w.client_id}/{i + 1}", f"$.legs[{i}]") for i, leg in enumerate(w.legs)
+        )
+        if legs[0].client_id == legs[1].client_id or w.client_id in (legs[0].client_id, legs[1].client_id):
+            raise CommandError("$.legs", "leg client ids must differ from each other and from the group's")
+        mode = None if w.mode is None else C.OCO_MODE_NAMES.index(w.mode)
+        return C.Oco(w.account, w.client_id, w.symbol, legs, mode)
+
+    def _bracket(self, w: WBracket) -> C.Bracket:
+        _check_id(w.account, "$.account")
+        _check_id(w.client_id, "$.client_id")
+        tick, _ = self._grids(w.symbol, "$.symbol")
+        entry = self._leg(w.entry, w.account, w.symbol, f"{w.client_id}/entry", "$.entry")
+        if entry.client_id == w.client_id:
+            raise CommandError("$.entry.client_id", "must differ from the group's client id")
+        tp = _units(tick, w.take_profit.price, "$.take_profit.price", PRICE_TICKS_MAX)
+        sl_trigger = _units(tick, w.stop_loss.trigger, "$.stop_loss.trigger", PRICE_TICKS_MAX)
+        sl_price = None if w.stop_loss.price is None else _units(tick, w.stop_loss.price, "$.stop_loss.price", PRICE_TICKS_MAX)
+        return C.Bracket(
+            w.account, w.client_id, w.symbol, entry, tp, sl_trigger, sl_price, C.ACTIVATION_NAMES.index(w.activation)
+        )
+
+    def _conditional(self, w: WConditional) -> C.Conditional:
+        _check_id(w.account, "$.account")
+        _check_id(w.client_id, "$.client_id")
+        leaves = [0]
+        when = self._condition(w.when, "$.when", 1, leaves)
+        symbol = w.order.symbol
+        if symbol is None:
+            raise CommandError("$.order.symbol", "is required for a conditional's order")
+        order = self._leg(w.order, w.account, symbol, f"{w.client_id}/order", "$.order")
+        if order.client_id == w.client_id:
+            raise CommandError("$.order.client_id", "must differ from the group's client id")
+        return C.Conditional(w.account, w.client_id, when, order)
+
+    def _condition(self, node: Any, at: str, depth: int, leaves: list[int]) -> C.Condition:
+        if depth > CONDITION_DEPTH_MAX:
+            raise CommandError(at, f"conditions nest at most {CONDITION_DEPTH_MAX} deep")
+        if not isinstance(node, dict):
+            raise CommandError(at, "expected an object")
+        keys = set(node)
+        for combinator, cls in (("all", C.All), ("any", C.Any_)):
+            if combinator in keys:
+                if keys != {combinator}:
+                    raise CommandError(at, f"'{combinator}' must be the only field of its object")
+                terms = node[combinator]
+                if not isinstance(terms, list) or not terms:
+                    raise CommandError(f"{at}.{combinator}", "expected a non-empty list")
+                return cls(
+                    tuple(self._condition(t, f"{at}.{combinator}[{i}]", depth + 1, leaves) for i, t in enumerate(terms))
+                )
+        if keys != {"symbol", "field", "op", "value"}:
+            raise CommandError(at, "expected {all:[..]}, {any:[..]} or {symbol, field, op, value}")
+        leaves[0] += 1
+        if leaves[0] > CONDITION_LEAVES_MAX:
+            raise CommandError(at, f"at most {CONDITION_LEAVES_MAX} conditions per tree")
+        symbol, field, op, value = node["symbol"], node["field"], node["op"], node["value"]
+        if not isinstance(symbol, str):
+            raise CommandError(f"{at}.symbol", "expected a string")
+        tick, lot = self._grids(symbol, f"{at}.symbol")
+        if field not in C.FIELD_NAMES:
+            raise CommandError(f"{at}.field", "expected 'last' or 'volume'")
+        if op not in C.OP_NAMES:
+            raise CommandError(f"{at}.op", "expected one of > >= < <= ==")
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise CommandError(f"{at}.value", "expected a decimal string")
+        field_code = C.FIELD_NAMES.index(field)
+        grid = tick if field_code == C.FIELD_LAST else lot
+        units = _units(grid, value, f"{at}.value", PRICE_TICKS_MAX, positive=False)
+        if units < 0:
+            raise CommandError(f"{at}.value", "must not be negative")
+        return C.Leaf(symbol, field_code, C.OP_NAMES.index(op), units)
+
+    def _auction(self, w: WAuction) -> C.Auction:
+        tick, _ = self._grids(w.symbol, "$.symbol")
+        ref = None if w.reference_price is None else _units(tick, w.reference_price, "$.reference_price", PRICE_TICKS_MAX)
+        if ref is not None and w.action != "uncross":
+            raise CommandError("$.reference_price", "only an uncross takes a reference price")
+        return C.Auction(w.symbol, C.AUCTION_ACTION_NAMES.index(w.action), ref)
+
+    def _clock(self, w: WClock) -> C.Clock:
+        return C.Clock()
+
+    # ------------------------------------------------------------ events
+
+    def event(self, event: E.Event) -> dict:
+        """One event as a JSON-contract dict (decimal strings for prices and quantities)."""
+        out = msgspec.structs.asdict(event)
+        out = {"type": type(event).__struct_config__.tag, **out}
+        symbol = out.get("symbol")
+        if symbol is None:
+            return out
+        grids = self.catalog.grids(symbol)
+        if grids is None:
+            return out
+        tick, lot = grids
+        for name in _PRICE_FIELDS.get(type(event), ()):
+            if out[name] is not None:
+                out[name] = tick.format(out[name])
+        for name in _QTY_FIELDS.get(type(event), ()):
+            out[name] = lot.format(out[name])
+        return out
+
+    def price(self, symbol: str, ticks: int | None) -> str | None:
+        if ticks is None:
+            return None
+        return self.catalog.grids(symbol)[0].format(ticks)
+
+    def qty(self, symbol: str, lots: int | None) -> str | None:
+        if lots is None:
+            return None
+        return self.catalog.grids(symbol)[1].format(lots)
+
+
+_PRICE_FIELDS = {E.Trade: ("price",), E.Amended: ("price",), E.AuctionResult: ("price",)}
+_QTY_FIELDS = {
+    E.Trade: ("qty",),
+    E.Cancelled: ("remaining_qty",),
+    E.Amended: ("qty",),
+    E.Prevented: ("qty",),
+    E.AuctionResult: ("volume", "surplus"),
+}
+
+
+def _check_target(client_id: str | None, order_id: int | None) -> None:
+    if (client_id is None) == (order_id is None):
+        raise CommandError("$", "give exactly one of client_id and order_id")
+    if client_id is not None:
+        _check_id(client_id, "$.client_id")
+    if order_id is not None and not 1 <= order_id <= 2**63 - 1:
+        raise CommandError("$.order_id", "must be a positive integer")
+
+
+def _check_order_shape(
+    kind: int,
+    tif: int,
+    price: int | None,
+    trigger: int | None,
+    trail_amount: int | None,
+    trail_pct: int | None,
+    activation: int | None,
+    expire_at: int | None,
+    post_only: bool,
+    at: str,
+) -> None:
+    """Field combinations each order kind accepts (edge validation)."""
+    needs_price = kind in (C.LIMIT, C.STOP_LIMIT)
+    if needs_price and price is None:
+        raise CommandError(f"{at}.price", f"is required for a {C.KIND_NAMES[kind]} order")
+    if not needs_price and price is not None:
+        raise CommandError(f"{at}.price", f"is not allowed for a {C.KIND_NAMES[kind]} order")
+    if kind in (C.STOP, C.STOP_LIMIT):
+        if trigger is None:
+            raise CommandError(f"{at}.trigger", f"is required for a {C.KIND_NAMES[kind]} order")
+    elif trigger is not None:
+        raise CommandError(f"{at}.trigger", f"is not allowed for a {C.KIND_NAMES[kind]} order")
+    if kind == C.TRAILING_STOP:
+        if (trail_amount is None) == (trail_pct is None):
+            raise CommandError(f"{at}.trail_amount", "give exactly one of trail_amount and trail_percent")
+    else:
+        for name, value in (("trail_amount", trail_amount), ("trail_percent", trail_pct), ("activation_price", activation)):
+            if value is not None:
+                raise CommandError(f"{at}.{name}", "is only allowed for a trailing_stop order")
+    if kind == C.MARKET and tif not in (C.IOC, C.FOK):
+        raise CommandError(f"{at}.tif", "a market order must be IOC or FOK")
+    if kind in (C.STOP, C.TRAILING_STOP) and tif not in (C.GTC, C.GTD):
+        raise CommandError(f"{at}.tif", "a stop order must be GTC or GTD")
+    if tif == C.GTD and expire_at is None:
+        raise CommandError(f"{at}.expire_at", "is required for a GTD order")
+    if tif != C.GTD and expire_at is not None:
+        raise CommandError(f"{at}.expire_at", "is only allowed with tif GTD")
+    if post_only and (kind != C.LIMIT or tif not in (C.GTC, C.GTD)):
+        raise CommandError(f"{at}.post_only", "needs a GTC or GTD limit order")

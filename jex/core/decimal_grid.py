@@ -1,0 +1,99 @@
+"""Exact decimal-string <-> integer grid conversion (core room, edge helper).
+
+A grid is a positive decimal step such as a tick ``"0.01"`` or a lot
+``"1"``. Values are parsed with integer arithmetic only (no float, no
+Decimal on the hot path), so ``"100.05"`` on a ``"0.01"`` grid is exactly
+10005 ticks and ``"100.055"`` is refused as off the grid.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DECIMAL_RE = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
+DIGITS_MAX = 30  # longest decimal string (digits) accepted anywhere
+
+
+class GridError(ValueError):
+    """A value is malformed or off its grid. ``str()`` is one line."""
+
+
+def parse_decimal(text: str) -> tuple[int, int]:
+    """Parse ``text`` into (mantissa, exponent) with value = mantissa * 10**exponent."""
+    if len(text) > DIGITS_MAX + 2:
+        raise GridError(f"{text[:20]!r}... is too long")
+    m = _DECIMAL_RE.match(text)
+    if m is None:
+        raise GridError(f"{text!r} is not a plain decimal number")
+    sign, whole, frac = m.groups()
+    frac = frac or ""
+    mantissa = int(whole + frac)
+    if sign:
+        mantissa = -mantissa
+    return mantissa, -len(frac)
+
+
+class Grid:
+    """A decimal step, e.g. tick 0.01 or lot 1, with exact conversions."""
+
+    __slots__ = ("text", "mantissa", "exponent")
+
+    def __init__(self, text: str) -> None:
+        mantissa, exponent = parse_decimal(text)
+        if mantissa <= 0:
+            raise GridError(f"grid step {text!r} must be positive")
+        # Normalise trailing zeros of the mantissa into the exponent.
+        while mantissa % 10 == 0 and exponent < 0:
+            mantissa //= 10
+            exponent += 1
+        self.text = text
+        self.mantissa = mantissa
+        self.exponent = exponent
+
+    def to_units(self, value: str | int) -> int:
+        """Exact number of grid steps in ``value``; GridError if off the grid."""
+        if isinstance(value, bool):
+            raise GridError("expected a decimal string, got a boolean")
+        if isinstance(value, int):
+            mantissa, exponent = value, 0
+        elif isinstance(value, str):
+            mantissa, exponent = parse_decimal(value)
+        else:
+            raise GridError(f"expected a decimal string, got {type(value).__name__}")
+        # value / step = (m * 10**e) / (sm * 10**se)
+        shift = exponent - self.exponent
+        if shift >= 0:
+            numerator = mantissa * 10**shift
+            denominator = self.mantissa
+        else:
+            numerator = mantissa
+            denominator = self.mantissa * 10**-shift
+        units, rest = divmod(numerator, denominator)
+        if rest:
+            raise GridError(f"{value} is not a multiple of {self.text}")
+        return units
+
+    def format(self, units: int) -> str:
+        """Decimal string of ``units`` steps, with the step's number of decimals."""
+        value = units * self.mantissa
+        exponent = self.exponent
+        if exponent >= 0:
+            return str(value * 10**exponent)
+        sign = "-" if value < 0 else ""
+        digits = str(-value if value < 0 else value).rjust(1 - exponent, "0")
+        return f"{sign}{digits[:exponent]}.{digits[exponent:]}"
+
+
+def format_ratio(numerator: int, denominator: int, digits: int = 10) -> str:
+    """``numerator/denominator`` as a decimal string with ``digits`` decimals,
+    rounded half-up, computed with integers only (used for ratios in stats)."""
+    if denominator == 0:
+        raise ZeroDivisionError("ratio with zero denominator")
+    negative = (numerator < 0) != (denominator < 0)
+    n, d = abs(numerator), abs(denominator)
+    scaled, rest = divmod(n * 10**digits, d)
+    if rest * 2 >= d:
+        scaled += 1
+    text = str(scaled).rjust(digits + 1, "0")
+    out = f"{text[:-digits]}.{text[-digits:]}" if digits else text
+    return f"-{out}" if negative and scaled else out

@@ -1,0 +1,1 @@
+"""jex.node room."""

@@ -1,0 +1,1 @@
+"""jex.replay room."""

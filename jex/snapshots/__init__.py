@@ -1,0 +1,1 @@
+"""jex.snapshots room."""
