@@ -17,15 +17,18 @@ events and books out:
 ``>`` sends a command and ignores its events; ``>>`` sends one whose events
 must be listed by the following ``<`` lines exactly (same count, same types,
 in order; each listed field must equal the event's JSON-contract value).
-Commands are ``type key=value ...`` and go through the real JSON edge codec.
+Commands are ``type key=value ...`` (a value starting with ``[`` or ``{`` is
+JSON) and go through the real JSON edge codec.
 ``= bids``/``= asks`` list levels best first as ``PRICExQTY`` (``-`` for
 empty); ``= queue SIDE`` lists orders in priority as ``client_id:qty`` with
-``/`` between levels; ``= last PRICE``. ``!>`` sends a command that the edge
+``/`` between levels; ``= last PRICE``; ``= stats key=value ...`` checks
+fields of the stats JSON. ``!>`` sends a command that the edge
 must refuse; the following ``!`` line gives the expected field.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -86,7 +89,9 @@ def parse_command(text: str, defaults: dict) -> dict:
     obj: dict = {"type": parts[0]}
     for part in parts[1:]:
         key, _, value = part.partition("=")
-        if key in INT_FIELDS:
+        if value[:1] in "[{":
+            obj[key] = json.loads(value)
+        elif key in INT_FIELDS:
             obj[key] = int(value)
         elif key in BOOL_FIELDS:
             obj[key] = value == "true"
@@ -200,6 +205,13 @@ class Runner:
             want = " ".join(parts[2:]) or "-"
             if got != want:
                 self.fail(step, f"queue {parts[1]} is {got}, expected {want}")
+        elif what == "stats":
+            stats = self.codec.stats(self.engine.stats(symbol))
+            for part in parts[1:]:
+                key, _, value = part.partition("=")
+                actual = "null" if stats[key] is None else str(stats[key])
+                if actual != value:
+                    self.fail(step, f"stats {key} = {actual}, expected {value}")
         elif what == "last":
             got = self.codec.price(symbol, book["last"]) or "-"
             if got != parts[1]:

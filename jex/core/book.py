@@ -16,10 +16,12 @@ from sortedcontainers import SortedDict
 from .commands import BUY, GTC, LIMIT, STP_NONE
 
 # Order status values.
-PENDING = 0  # waiting for a trigger (stop, conditional, inactive bracket child)
-OPEN = 1  # resting on the book or being matched
+PENDING = 0  # a stop waiting in the stop index for its trigger
+OPEN = 1  # resting on the book (or in a call phase's market queue), or being matched
 DONE = 2  # filled, cancelled or expired
-STATUS_NAMES = ("pending", "open", "done")
+INACTIVE = 3  # a group member waiting for its group (bracket child, conditional order)
+TRIGGERED = 4  # a fired stop waiting in the release queue (only inside one apply)
+STATUS_NAMES = ("pending", "open", "done", "inactive", "triggered")
 
 
 class Order:
@@ -54,9 +56,11 @@ class Order:
         "trail_percent_e6",
         "activation_price",
         "extreme",
+        "trail_group",
         "group",
         "entry_seq",
         "orig_qty",
+        "in_call",
     )
 
     def __init__(
@@ -98,9 +102,11 @@ class Order:
         self.trail_percent_e6: int | None = None
         self.activation_price: int | None = None
         self.extreme: int | None = None
+        self.trail_group = None
         self.group = None
         self.entry_seq = entry_seq
         self.orig_qty = qty
+        self.in_call = False
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return (

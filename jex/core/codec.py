@@ -25,7 +25,7 @@ import msgspec
 
 from . import commands as C
 from . import events as E
-from .decimal_grid import Grid, GridError
+from .decimal_grid import Grid, GridError, format_ratio
 
 # Limits on client-supplied values (named, with units).
 ID_CHARS_MAX = 64  # account and client_id length
@@ -37,6 +37,7 @@ CONDITION_DEPTH_MAX = 8
 CONDITION_LEAVES_MAX = 64
 TRAIL_PERCENT_DECIMALS_MAX = 6
 LINE_BYTES_MAX = 64 * 1024  # longest JSON command accepted
+RATIO_DECIMALS = 10  # decimals printed for ratios (imbalance, VPIN, microprice)
 
 
 class CommandError(ValueError):
@@ -523,6 +524,54 @@ class Codec:
         for name in _QTY_FIELDS.get(type(event), ()):
             out[name] = lot.format(out[name])
         return out
+
+    def book(self, book: dict) -> dict:
+        """``Engine.book()`` output with decimal strings (DESIGN §4 book JSON)."""
+        tick, lot = self.catalog.grids(book["symbol"])
+
+        def levels(rows: list[dict]) -> list[dict]:
+            return [{"price": tick.format(r["price"]), "qty": lot.format(r["qty"]), "orders": r["orders"]} for r in rows]
+
+        return {
+            "symbol": book["symbol"],
+            "seq": book["seq"],
+            "last": None if book["last"] is None else tick.format(book["last"]),
+            "bids": levels(book["bids"]),
+            "asks": levels(book["asks"]),
+        }
+
+    def stats(self, stats: dict) -> dict:
+        """``Engine.stats()`` output with decimal strings (DESIGN §4 stats JSON).
+
+        Prices keep the tick's decimals (mid one more); ratios print with 10
+        decimals (at least 8 significant digits for any value >= 0.01);
+        ``signed_imbalance`` (2I - 1) is added beside ``imbalance``.
+        """
+        tick, lot = self.catalog.grids(stats["symbol"])
+
+        def price(v):
+            return None if v is None else tick.format(v)
+
+        def ratio(v):
+            return None if v is None else format_ratio(v.numerator, v.denominator, RATIO_DECIMALS)
+
+        mid = stats["mid"]
+        imbalance = stats["imbalance"]
+        return {
+            "symbol": stats["symbol"],
+            "seq": stats["seq"],
+            "best_bid": price(stats["best_bid"]),
+            "best_ask": price(stats["best_ask"]),
+            "mid": None if mid is None else (tick.format(mid.numerator) if mid.denominator == 1 else tick.format_fraction(mid, max(0, -tick.exponent) + 1)),
+            "spread": price(stats["spread"]),
+            "imbalance": ratio(imbalance),
+            "signed_imbalance": None if imbalance is None else ratio(2 * imbalance - 1),
+            "microprice": None if stats["microprice"] is None else tick.format_fraction(stats["microprice"], RATIO_DECIMALS),
+            "vpin": ratio(stats["vpin"]),
+            "toxicity": stats["toxicity"],
+            "last": price(stats["last"]),
+            "volume": lot.format(stats["volume"]),
+        }
 
     def price(self, symbol: str, ticks: int | None) -> str | None:
         if ticks is None:

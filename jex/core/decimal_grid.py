@@ -73,6 +73,16 @@ class Grid:
             raise GridError(f"{value} is not a multiple of {self.text}")
         return units
 
+    def format_fraction(self, value, decimals: int = 10) -> str:
+        """A Fraction of steps as a decimal string with ``decimals`` places."""
+        numerator = value.numerator * self.mantissa
+        denominator = value.denominator
+        if self.exponent >= 0:
+            numerator *= 10**self.exponent
+        else:
+            denominator *= 10**-self.exponent
+        return format_ratio(numerator, denominator, decimals)
+
     def format(self, units: int) -> str:
         """Decimal string of ``units`` steps, with the step's number of decimals."""
         value = units * self.mantissa

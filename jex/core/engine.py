@@ -10,23 +10,28 @@ Processing order of one command:
 1. GTD orders with ``expire_at <= ts`` expire (``cancelled`` reason
    ``expired``), earliest ``expire_at`` first, then lowest order id.
 2. The command itself. An incoming order is matched to completion first (it
-   rests or is cancelled), then orders released by triggers (stops, bracket
-   children, conditionals) are processed one at a time from a FIFO queue;
-   anything they trigger joins the back of the queue.
+   rests or is cancelled); then orders released by triggers (stops, bracket
+   children, conditionals) are processed one at a time from a FIFO queue,
+   and anything they trigger joins the back of the queue.
 
 The semantics of every rule are written down in docs/semantics.md; the naive
 reference engine in tests/ implements the same document independently.
+Triggered and contingent orders live in ``contingent.py``, call auctions in
+``auction.py``; this module is the order flow they share.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 
 import msgspec
 import xxhash
 
+from . import analytics
 from . import commands as C
-from .book import DONE, OPEN, PENDING, Book, BookSide, Level, Order
+from .auction import AuctionMixin
+from .book import DONE, INACTIVE, OPEN, PENDING, TRIGGERED, Book, BookSide, Level, Order
 from .commands import (
     BUY,
     FOK,
@@ -34,31 +39,45 @@ from .commands import (
     IOC,
     LIMIT,
     MARKET,
+    MATCH_PRO_RATA,
     SELL,
+    STOP,
+    STOP_LIMIT,
     STP_DECREMENT,
     STP_EXPIRE_BOTH,
     STP_EXPIRE_MAKER,
     STP_EXPIRE_TAKER,
     STP_NAMES,
     STP_NONE,
+    TRAILING_STOP,
 )
-from .events import (
-    Accepted,
-    Amended,
-    Cancelled,
-    InstrumentAdded,
-    Prevented,
-    Rejected,
-    Trade,
-)
+from .contingent import ContingentMixin
+from .events import Accepted, Amended, Cancelled, InstrumentAdded, Prevented, Rejected, Trade
+from .prorata import allocate
+from .stops import StopBook
+from .vpin import Vpin, toxicity
 
 _AGGRESSOR = ("buy", "sell")
+STOP_KINDS = (STOP, STOP_LIMIT, TRAILING_STOP)
 
 
 class InstrumentState:
     """Everything the engine keeps per symbol."""
 
-    __slots__ = ("config", "symbol", "book", "last", "volume", "trades")
+    __slots__ = (
+        "config",
+        "symbol",
+        "book",
+        "last",
+        "volume",
+        "trades",
+        "stops",
+        "vpin",
+        "in_call",
+        "call_market",
+        "top",
+        "pro_rata",
+    )
 
     def __init__(self, config: C.Instrument) -> None:
         self.config = config
@@ -67,34 +86,51 @@ class InstrumentState:
         self.last: int | None = None  # last trade price, ticks
         self.volume = 0  # cumulative traded lots
         self.trades = 0  # number of trades
+        self.stops = StopBook()
+        self.vpin = (
+            Vpin(config.vpin_bucket, config.vpin_window, config.vpin_classify, config.vpin_sigma_ticks, config.vpin_bar_ns)
+            if config.vpin_bucket > 0
+            else None
+        )
+        self.in_call = False  # in a call auction's call phase
+        self.call_market: tuple[dict[int, Order], dict[int, Order]] = ({}, {})  # market orders resting in a call
+        self.top: list[int | None] = [None, None]  # pro-rata TOP order id per side
+        self.pro_rata = config.matching == MATCH_PRO_RATA
 
 
 class InvariantError(AssertionError):
     """Raised by ``check_invariants`` when internal state is inconsistent."""
 
 
-class Engine:
+class Engine(ContingentMixin, AuctionMixin):
     """The matching engine for many instruments.
 
-    Public surface: ``apply``, ``book``, ``orders``, ``order``, ``digest``,
-    ``check_invariants``. Everything else is internal.
+    Public surface: ``apply``, ``book``, ``queue``, ``open_orders``,
+    ``order``, ``stats``, ``digest``, ``state``, ``check_invariants``.
     """
 
     def __init__(self) -> None:
         self.instruments: dict[str, InstrumentState] = {}
-        self.orders: dict[int, Order] = {}  # live orders (open or pending), by id
+        self.orders: dict[int, Order] = {}  # live orders by id (open, pending, inactive)
+        self.groups: dict = {}  # live groups (OCO, bracket, conditional) by id
         self.client_ids: dict[tuple[str, str], int] = {}  # (account, client_id) -> id, forever
         self.next_id = 1
         self.seq = 0  # seq of the last applied command
         self.ts = 0  # ts of the last applied command
-        self._gtd: list[tuple[int, int]] = []  # heap of (expire_at, order_id), lazily cleaned
+        self.watch: dict[str, dict[int, object]] = {}  # symbol -> conditionals watching it, by id
+        self._gtd: list[tuple[int, int]] = []  # heap of (expire_at, order_id), cleaned lazily
         self._events: list = []
+        self._releases: deque = deque()
         self._handlers = {
             C.Instrument: self._on_instrument,
             C.NewOrder: self._on_new_order,
             C.Cancel: self._on_cancel,
             C.Replace: self._on_replace,
             C.Clock: self._on_clock,
+            C.Oco: self._on_oco,
+            C.Bracket: self._on_bracket,
+            C.Conditional: self._on_conditional,
+            C.Auction: self._on_auction,
         }
 
     # ------------------------------------------------------------------ apply
@@ -103,7 +139,8 @@ class Engine:
         """Apply one command stamped with (seq, ts); return its events.
 
         Complexity: O(log L) per price level touched plus O(1) per order
-        filled, cancelled or expired, where L is the number of levels.
+        filled, cancelled or expired (L = levels), plus O(log S + k) per trade
+        for the stop index (S pending stops, k fired).
         """
         events: list = []
         self._events = events
@@ -117,6 +154,8 @@ class Engine:
             events.append(Rejected(seq, None, None, "invalid_order", f"unsupported command {type(command).__name__}"))
         else:
             handler(command)
+            if self._releases:
+                self._drain_releases()
         return events
 
     # ------------------------------------------------------------- handlers
@@ -144,38 +183,29 @@ class Engine:
                 cmd.client_id, cmd.account, "duplicate_client_id", f"client_id {cmd.client_id} was already used"
             )
             return
-        problem = self._entry_problem(cmd)
+        problem = self._order_problem(cmd, inst)
         if problem is not None:
             self._reject(cmd.client_id, cmd.account, problem[0], problem[1])
             return
         order = self._create_order(cmd)
-        self._process_incoming(order, inst)
+        self._submit(order, inst)
 
-    def _entry_problem(self, cmd: C.NewOrder) -> tuple[str, str] | None:
+    def _order_problem(self, cmd: C.NewOrder, inst: InstrumentState) -> tuple[str, str] | None:
         """Business checks an order must pass before it gets an id."""
-        kind = cmd.kind
-        if cmd.qty <= 0:
-            return ("invalid_order", "qty must be positive")
-        if kind == LIMIT:
-            if cmd.price is None:
-                return ("invalid_order", "a limit order needs a price")
-        elif kind == MARKET:
-            if cmd.price is not None:
-                return ("invalid_order", "a market order has no price")
-            if cmd.tif not in (IOC, FOK):
-                return ("invalid_order", "a market order must be IOC or FOK")
-        else:
-            return ("invalid_order", f"order kind {C.KIND_NAMES[kind]} is not supported yet")
-        if cmd.post_only and (kind != LIMIT or cmd.tif in (IOC, FOK)):
-            return ("invalid_order", "post-only needs a GTC or GTD limit order")
-        if cmd.tif == GTD:
-            if cmd.expire_at is None:
-                return ("invalid_order", "a GTD order needs expire_at")
-            if cmd.expire_at <= self.ts:
-                return ("expire_in_past", f"expire_at {cmd.expire_at} is not after the command time {self.ts}")
+        problem = _shape_problem(cmd)
+        if problem is not None:
+            return ("invalid_order", problem)
+        if cmd.tif == GTD and cmd.expire_at <= self.ts:
+            return ("expire_in_past", f"expire_at {cmd.expire_at} is not after the command time {self.ts}")
+        if inst.in_call and (cmd.tif in (IOC, FOK) and cmd.kind != MARKET or cmd.tif == FOK or cmd.post_only):
+            return ("call_phase_tif", f"{cmd.symbol} is in a call phase: IOC, FOK and post-only orders are refused")
+        if cmd.kind in (STOP, STOP_LIMIT) and inst.config.stop_entry_check and inst.last is not None:
+            last = inst.last
+            if (last >= cmd.trigger) if cmd.side == BUY else (last <= cmd.trigger):
+                return ("stop_already_triggered", f"last price {last} already reached the trigger {cmd.trigger}")
         return None
 
-    def _create_order(self, cmd: C.NewOrder) -> Order:
+    def _create_order(self, cmd: C.NewOrder, status: int = OPEN) -> Order:
         """Assign an id, register the client id and emit ``accepted``."""
         order_id = self.next_id
         self.next_id = order_id + 1
@@ -194,16 +224,36 @@ class Engine:
             cmd.stp,
             self.seq,
         )
+        if cmd.kind in STOP_KINDS:
+            order.trigger = cmd.trigger
+            order.trail_amount = cmd.trail_amount
+            order.trail_percent_e6 = cmd.trail_percent_e6
+            order.activation_price = cmd.activation_price
+        order.status = status
         self.orders[order_id] = order
         self.client_ids[(cmd.account, cmd.client_id)] = order_id
         self._events.append(Accepted(self.seq, order_id, cmd.client_id, cmd.account, cmd.symbol))
+        if order.expire_at is not None:
+            heapq.heappush(self._gtd, (order.expire_at, order_id))
         return order
+
+    def _submit(self, order: Order, inst: InstrumentState) -> None:
+        """Route a live order: a stop waits in the stop index, anything else comes in."""
+        if order.kind in STOP_KINDS:
+            order.status = PENDING
+            inst.stops.add(order, inst.last)
+        else:
+            order.status = OPEN
+            self._process_incoming(order, inst)
 
     # --------------------------------------------------------- incoming flow
 
     def _process_incoming(self, order: Order, inst: InstrumentState) -> None:
         """Match an incoming limit/market order, then rest or cancel the rest."""
         book = inst.book
+        if inst.in_call:
+            self._rest_in_call(order, inst)
+            return
         opp = book.asks if order.side == BUY else book.bids
         if order.post_only:
             best = opp.best
@@ -214,26 +264,41 @@ class Engine:
                         Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol)
                     )
                 else:
-                    self._finish(order, "post_only")
+                    self._end(order, "post_only")
                     return
         if order.tif == FOK and not self._fok_fillable(order, opp):
-            self._finish(order, "fok")
+            self._end(order, "fok")
             return
         self._match(order, inst, opp)
-        if order.status == DONE:
+        if order.status != OPEN:
             return
         if order.qty == 0:
             self._retire(order)
         elif order.kind == MARKET or order.tif == IOC or order.tif == FOK:
-            self._finish(order, "ioc")
+            self._end(order, "ioc")
         else:
-            self._rest(order, book)
+            self._rest(order, inst)
 
-    def _rest(self, order: Order, book: Book) -> None:
+    def _rest(self, order: Order, inst: InstrumentState) -> None:
+        book = inst.book
         side = book.bids if order.side == BUY else book.asks
+        if inst.pro_rata and inst.config.top_order:
+            best = side.best
+            if best is None or (order.price > best.price if order.side == BUY else order.price < best.price):
+                inst.top[order.side] = order.order_id
         side.level_for_insert(order.price).append(order)
-        if order.expire_at is not None:
-            heapq.heappush(self._gtd, (order.expire_at, order.order_id))
+
+    def _rest_in_call(self, order: Order, inst: InstrumentState) -> None:
+        """Call phase: nothing matches; limits rest (even crossed), markets queue."""
+        if order.tif in (IOC, FOK) and order.kind != MARKET or order.tif == FOK or order.post_only:
+            self._end(order, "auction")
+            return
+        if order.kind == MARKET:
+            order.in_call = True
+            inst.call_market[order.side][order.order_id] = order
+        else:
+            book = inst.book
+            (book.bids if order.side == BUY else book.asks).level_for_insert(order.price).append(order)
 
     def _fok_fillable(self, taker: Order, opp: BookSide) -> bool:
         """Simulate the whole match (limit price and STP) without side effects."""
@@ -263,7 +328,7 @@ class Engine:
         return False
 
     def _match(self, taker: Order, inst: InstrumentState, opp: BookSide) -> None:
-        """FIFO price-time matching of ``taker`` against the opposite side.
+        """Price-time matching of ``taker`` against the opposite side.
 
         Always re-reads the head of the best level: any side effect of a fill
         (a group reacting) may remove orders, so no iterator is kept.
@@ -271,70 +336,110 @@ class Engine:
         buy = taker.side == BUY
         limit = taker.price if taker.kind == LIMIT else None
         stp = taker.stp
-        events = self._events
-        seq = self.seq
-        symbol = inst.symbol
-        aggressor = _AGGRESSOR[taker.side]
-        while taker.qty > 0:
+        pro_rata = inst.pro_rata
+        while taker.qty > 0 and taker.status == OPEN:
             level = opp.best
             if level is None:
                 return
             price = level.price
             if limit is not None and (price > limit if buy else price < limit):
                 return
+            if pro_rata:
+                self._match_level_pro_rata(taker, inst, opp, level)
+                continue
             maker = level.head
             if stp != STP_NONE and maker.account == taker.account:
                 if not self._prevent(taker, maker, stp):
                     return
                 continue
-            qty = taker.qty if taker.qty < maker.qty else maker.qty
-            if buy:
-                events.append(
-                    Trade(
-                        seq,
-                        symbol,
-                        price,
-                        qty,
-                        maker.order_id,
-                        taker.order_id,
-                        maker.client_id,
-                        taker.client_id,
-                        taker.account,
-                        maker.account,
-                        aggressor,
-                    )
-                )
-            else:
-                events.append(
-                    Trade(
-                        seq,
-                        symbol,
-                        price,
-                        qty,
-                        maker.order_id,
-                        taker.order_id,
-                        maker.client_id,
-                        taker.client_id,
-                        maker.account,
-                        taker.account,
-                        aggressor,
-                    )
-                )
-            taker.qty -= qty
-            taker.filled += qty
-            maker.filled += qty
-            inst.last = price
-            inst.volume += qty
-            inst.trades += 1
-            level.qty -= qty
-            if qty == maker.qty:
-                maker.qty = 0
-                level.unlink(maker)
-                if level.count == 0:
-                    opp.remove_level(level)
-                self._retire(maker)
-            else:
-                maker.qty -= qty
+            self._fill(taker, maker, taker.qty if taker.qty < maker.qty else maker.qty, inst, opp)
+
+    def _fill(self, taker: Order, maker: Order, qty: int, inst: InstrumentState, opp: BookSide | None) -> None:
+        """One trade of ``qty`` at the maker's price; the maker leaves the book when filled."""
+        price = maker.price
+        if taker.side == BUY:
+            buyer, seller = taker.account, maker.account
+        else:
+            buyer, seller = maker.account, taker.account
+        self._events.append(
+            Trade(
+                self.seq,
+                inst.symbol,
+                price,
+                qty,
+                maker.order_id,
+                taker.order_id,
+                maker.client_id,
+                taker.client_id,
+                buyer,
+                seller,
+                _AGGRESSOR[taker.side],
+            )
+        )
+        taker.qty -= qty
+        taker.filled += qty
+        maker.filled += qty
+        level = maker.level
+        level.qty -= qty
+        if qty == maker.qty:
+            maker.qty = 0
+            level.unlink(maker)
+            if level.count == 0:
+                opp.remove_level(level)
+            if inst.top[maker.side] == maker.order_id:
+                inst.top[maker.side] = None
+            self._retire(maker)
+        else:
+            maker.qty -= qty
+        self._after_trade(inst, price, qty, taker.side)
+        if maker.group is not None:
+            self._on_member_fill(maker, qty)
+        if taker.group is not None:
+            self._on_member_fill(taker, qty)
+
+    def _after_trade(self, inst: InstrumentState, price: int, qty: int, aggressor: int | None) -> None:
+        """Statistics, VPIN, stop triggers and conditionals after one trade."""
+        inst.last = price
+        inst.volume += qty
+        inst.trades += 1
+        if inst.vpin is not None:
+            inst.vpin.on_trade(price, qty, aggressor, self.ts)
+        if inst.stops.count and not inst.in_call:
+            for order in inst.stops.on_trade(price):
+                self._on_stop_fired(order)
+        watchers = self.watch.get(inst.symbol)
+        if watchers:
+            self._evaluate_conditionals(watchers)
+
+    def _match_level_pro_rata(self, taker: Order, inst: InstrumentState, opp: BookSide, level: Level) -> None:
+        """Allocate the taker over one level pro rata (market-rules §3).
+
+        Self-trade prevention first resolves every same-account maker of the
+        level in time priority (the taker's mode decides), then the rest is
+        allocated among the other makers; trades are printed TOP first, then
+        in time priority.
+        """
+        stp = taker.stp
+        if stp != STP_NONE:
+            for maker in list(level.orders()):
+                if maker.account == taker.account and maker.status == OPEN:
+                    if not self._prevent(taker, maker, stp):
+                        return
+            if opp.best is not level or taker.qty == 0:
+                return
+        makers = list(level.orders())
+        top_id = inst.top[SELL if taker.side == BUY else BUY]
+        top_index = next((i for i, m in enumerate(makers) if m.order_id == top_id), None)
+        shares = allocate([m.qty for m in makers], taker.qty, top_index, inst.config.min_alloc, inst.config.residual)
+        order_of_print = list(range(len(makers)))
+        if top_index is not None:
+            order_of_print.remove(top_index)
+            order_of_print.insert(0, top_index)
+        for i in order_of_print:
+            share = shares[i]
+            maker = makers[i]
+            if share > 0 and maker.status == OPEN and taker.status == OPEN and taker.qty > 0:
+                self._fill(taker, maker, min(share, maker.qty, taker.qty), inst, opp)
 
     def _prevent(self, taker: Order, maker: Order, stp: int) -> bool:
         """Self-trade prevention between ``taker`` and same-account ``maker``.
@@ -344,24 +449,23 @@ class Engine:
         qty = taker.qty if taker.qty < maker.qty else maker.qty
         self._events.append(Prevented(self.seq, taker.order_id, maker.order_id, qty, STP_NAMES[stp], taker.symbol))
         if stp == STP_EXPIRE_TAKER:
-            self._finish(taker, "stp")
+            self._end(taker, "stp")
             return False
         if stp == STP_EXPIRE_MAKER:
-            self._cancel_resting(maker, "stp")
+            self._end(maker, "stp")
             return True
         if stp == STP_EXPIRE_BOTH:
-            self._cancel_resting(maker, "stp")
-            self._finish(taker, "stp")
+            self._end(maker, "stp")
+            self._end(taker, "stp")
             return False
         # Decrement: both shrink by the smaller open quantity; the smaller
         # (or both, when equal) expires with that quantity as its remainder.
         if maker.qty == qty:
-            self._cancel_resting(maker, "stp")
+            self._end(maker, "stp")
         else:
-            maker.qty -= qty
-            maker.level.qty -= qty
+            self._shrink(maker, qty)
         if taker.qty == qty:
-            self._finish(taker, "stp")
+            self._end(taker, "stp")
             return False
         taker.qty -= qty
         return True
@@ -369,29 +473,42 @@ class Engine:
     # ------------------------------------------------------ order endings
 
     def _retire(self, order: Order) -> None:
-        """An order is done (filled): drop it from the live index."""
+        """An order is done because it is filled: drop it from the live index."""
         order.status = DONE
         del self.orders[order.order_id]
+        if order.group is not None:
+            self._maybe_close(order.group)
 
-    def _finish(self, order: Order, reason: str) -> None:
-        """End a not-resting order with a ``cancelled`` event for its open qty."""
-        self._events.append(
-            Cancelled(self.seq, order.order_id, order.client_id, reason, order.qty, order.symbol)
-        )
-        order.qty = 0
+    def _end(self, order: Order, reason: str, cascade: bool = True) -> None:
+        """End a live order unfilled: take it off wherever it waits, emit
+        ``cancelled`` with its open quantity, and let its group react
+        (``cascade=False`` when the group itself is the cause)."""
+        status = order.status
+        inst = self.instruments[order.symbol]
+        if status == OPEN:
+            level = order.level
+            if level is not None:
+                level.unlink(order)
+                if level.count == 0:
+                    (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
+                if inst.top[order.side] == order.order_id:
+                    inst.top[order.side] = None
+            elif order.in_call:
+                del inst.call_market[order.side][order.order_id]
+                order.in_call = False
+        elif status == PENDING:
+            inst.stops.remove(order)
+        self._events.append(Cancelled(self.seq, order.order_id, order.client_id, reason, order.qty, order.symbol))
         order.status = DONE
         del self.orders[order.order_id]
+        if order.group is not None:
+            self._on_member_end(order, reason, cascade)
 
-    def _cancel_resting(self, order: Order, reason: str) -> None:
-        """Take a resting order off the book and end it."""
-        level = order.level
-        if level is not None:
-            level.unlink(order)
-            if level.count == 0:
-                inst = self.instruments[order.symbol]
-                side = inst.book.bids if order.side == BUY else inst.book.asks
-                side.remove_level(level)
-        self._finish(order, reason)
+    def _shrink(self, order: Order, qty: int) -> None:
+        """Reduce a live order's open quantity in place (keeps priority)."""
+        order.qty -= qty
+        if order.level is not None:
+            order.level.qty -= qty
 
     def _expire_due(self, ts: int) -> None:
         gtd = self._gtd
@@ -400,41 +517,40 @@ class Engine:
             _, order_id = heapq.heappop(gtd)
             order = orders.get(order_id)
             if order is not None and order.expire_at is not None and order.expire_at <= ts:
-                self._cancel_resting(order, "expired")
+                self._end(order, "expired")
 
     # ------------------------------------------------------ cancel/replace
 
-    def _find(self, account: str, client_id: str | None, order_id: int | None) -> Order | None:
-        """The live order named by id or client id, if it belongs to ``account``."""
+    def _lookup(self, account: str, client_id: str | None, order_id: int | None):
+        """The live order or group named by id or client id, if it belongs to ``account``."""
         if order_id is None:
             if client_id is None:
                 return None
             order_id = self.client_ids.get((account, client_id))
             if order_id is None:
                 return None
-        order = self.orders.get(order_id)
-        if order is None or order.account != account:
+        target = self.orders.get(order_id)
+        if target is None:
+            target = self.groups.get(order_id)
+        if target is None or target.account != account:
             return None
-        if client_id is not None and order.client_id != client_id:
+        if client_id is not None and target.client_id != client_id:
             return None
-        return order
+        return target
 
     def _on_cancel(self, cmd: C.Cancel) -> None:
-        order = self._find(cmd.account, cmd.client_id, cmd.order_id)
-        if order is None:
-            self._reject(cmd.client_id, cmd.account, "unknown_order", self._unknown_message(cmd))
-            return
-        self._cancel_resting(order, "user")
-
-    @staticmethod
-    def _unknown_message(cmd) -> str:
-        name = f"order_id {cmd.order_id}" if cmd.order_id is not None else f"client_id {cmd.client_id}"
-        return f"no open order with {name} for account {cmd.account}"
+        target = self._lookup(cmd.account, cmd.client_id, cmd.order_id)
+        if target is None:
+            self._reject(cmd.client_id, cmd.account, "unknown_order", _unknown_message(cmd))
+        elif isinstance(target, Order):
+            self._end(target, "user")
+        else:
+            self._cancel_group(target)
 
     def _on_replace(self, cmd: C.Replace) -> None:
-        order = self._find(cmd.account, cmd.client_id, cmd.order_id)
-        if order is None or order.level is None:
-            self._reject(cmd.client_id, cmd.account, "unknown_order", self._unknown_message(cmd))
+        order = self._lookup(cmd.account, cmd.client_id, cmd.order_id)
+        if not isinstance(order, Order) or not (order.level is not None or order.status == PENDING):
+            self._reject(cmd.client_id, cmd.account, "unknown_order", _unknown_message(cmd))
             return
         if cmd.qty is None and cmd.price is None:
             self._reject(cmd.client_id, cmd.account, "invalid_order", "replace needs qty or price")
@@ -442,17 +558,18 @@ class Engine:
         if (cmd.qty is not None and cmd.qty <= 0) or (cmd.price is not None and cmd.price <= 0):
             self._reject(cmd.client_id, cmd.account, "invalid_order", "replace qty and price must be positive")
             return
+        if order.status == PENDING:
+            self._replace_pending(order, cmd)
+            return
         new_price = order.price if cmd.price is None else cmd.price
         new_qty = order.qty if cmd.qty is None else cmd.qty
-        inst = self.instruments[order.symbol]
         if new_price == order.price and new_qty <= order.qty:
-            order.level.qty -= order.qty - new_qty
-            order.qty = new_qty
+            self._shrink(order, order.qty - new_qty)
             self._events.append(Amended(self.seq, order.order_id, order.client_id, new_qty, new_price, order.symbol))
             return
-        book = inst.book
-        opp = book.asks if order.side == BUY else book.bids
-        if order.post_only and new_price != order.price:
+        inst = self.instruments[order.symbol]
+        opp = inst.book.asks if order.side == BUY else inst.book.bids
+        if order.post_only and new_price != order.price and not inst.in_call:
             best = opp.best
             if best is not None and (new_price >= best.price if order.side == BUY else new_price <= best.price):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE:
@@ -465,18 +582,34 @@ class Engine:
         level = order.level
         level.unlink(order)
         if level.count == 0:
-            (book.bids if order.side == BUY else book.asks).remove_level(level)
+            (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
+        if inst.top[order.side] == order.order_id:
+            inst.top[order.side] = None
         order.price = new_price
         order.qty = new_qty
         order.priority_seq = self.seq
         self._events.append(Amended(self.seq, order.order_id, order.client_id, new_qty, new_price, order.symbol))
+        if inst.in_call:
+            self._rest_in_call(order, inst)
+            return
         self._match(order, inst, opp)
-        if order.status == DONE:
+        if order.status != OPEN:
             return
         if order.qty == 0:
             self._retire(order)
         else:
-            self._rest(order, book)
+            self._rest(order, inst)
+
+    def _replace_pending(self, order: Order, cmd: C.Replace) -> None:
+        """A pending stop: change its quantity, or a stop-limit's limit price."""
+        if cmd.price is not None and order.kind != STOP_LIMIT:
+            self._reject(cmd.client_id, cmd.account, "invalid_order", "only a stop-limit's limit price can be replaced")
+            return
+        if cmd.qty is not None:
+            order.qty = cmd.qty
+        if cmd.price is not None:
+            order.price = cmd.price
+        self._events.append(Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol))
 
     # ------------------------------------------------------------ queries
 
@@ -506,7 +639,7 @@ class Engine:
         return self.orders.get(order_id)
 
     def open_orders(self, account: str | None = None, symbol: str | None = None) -> list[Order]:
-        """Live orders (resting and pending) in order-id order."""
+        """Live orders (resting, pending stops, inactive group members) by order id."""
         return [
             o
             for o in sorted(self.orders.values(), key=lambda o: o.order_id)
@@ -519,20 +652,59 @@ class Engine:
         book_side = inst.book.bids if side == BUY else inst.book.asks
         return [[(o.order_id, o.qty) for o in level.orders()] for level in book_side.iter_levels()]
 
+    def stats(self, symbol: str, depth: int = 1) -> dict | None:
+        """Top-of-book statistics in ticks/lots with exact Fractions; None if unknown.
+
+        ``mid``, ``imbalance``, ``microprice`` and ``vpin`` are Fractions (or
+        None); ``depth`` sums that many levels for imbalance and microprice.
+        """
+        inst = self.instruments.get(symbol)
+        if inst is None:
+            return None
+        book = inst.book
+        vpin = inst.vpin.value() if inst.vpin is not None else None
+        return {
+            "symbol": symbol,
+            "seq": self.seq,
+            "best_bid": book.bids.best.price if book.bids.best else None,
+            "best_ask": book.asks.best.price if book.asks.best else None,
+            "mid": analytics.mid(book),
+            "spread": analytics.spread(book),
+            "imbalance": analytics.imbalance(book, depth),
+            "microprice": analytics.microprice(book, depth),
+            "vpin": vpin,
+            "toxicity": toxicity(vpin),
+            "last": inst.last,
+            "volume": inst.volume,
+        }
+
     # ---------------------------------------------------- digest, invariants
 
     def state(self) -> list:
-        """A canonical, order-independent-where-it-should-be view of the state."""
+        """A canonical view of the whole state (what the digest hashes)."""
         insts = []
         for symbol in sorted(self.instruments):
             inst = self.instruments[symbol]
             sides = []
             for side in (inst.book.bids, inst.book.asks):
-                sides.append([[level.price, [_order_row(o) for o in level.orders()]] for level in side.iter_levels()])
-            insts.append([msgspec.to_builtins(inst.config), inst.last, inst.volume, inst.trades, sides])
-        pending = [_order_row(o) for o in sorted(self.orders.values(), key=lambda o: o.order_id) if o.status == PENDING]
+                sides.append([[level.price, [o.order_id for o in level.orders()]] for level in side.iter_levels()])
+            insts.append(
+                [
+                    msgspec.to_builtins(inst.config),
+                    inst.last,
+                    inst.volume,
+                    inst.trades,
+                    inst.in_call,
+                    [list(d) for d in inst.call_market],
+                    list(inst.top),
+                    sides,
+                    inst.vpin.state() if inst.vpin is not None else None,
+                ]
+            )
+        orders = [_order_row(self.orders[i]) for i in sorted(self.orders)]
+        groups = [self.groups[g].row() for g in sorted(self.groups)]
         registry = sorted([a, c, i] for (a, c), i in self.client_ids.items())
-        return [self.next_id, insts, pending, registry]
+        return [self.next_id, insts, orders, groups, registry]
 
     def digest(self) -> str:
         """xxh3-128 of the canonical state, as 32 hex digits."""
@@ -545,18 +717,74 @@ class Engine:
             _check(inst.symbol == symbol, f"instrument key {symbol}")
             for side_code, side in ((BUY, inst.book.bids), (SELL, inst.book.asks)):
                 _check_side(self, inst, side_code, side, seen)
+            for side_code in (BUY, SELL):
+                for order_id, order in inst.call_market[side_code].items():
+                    _check(inst.in_call and order.in_call and order.kind == MARKET, f"call market order {order_id}")
+                    _check(self.orders.get(order_id) is order and order.status == OPEN, f"call order {order_id} live")
+                    seen.add(order_id)
+                top = inst.top[side_code]
+                if top is not None:
+                    top_order = self.orders.get(top)
+                    _check(top_order is not None and top_order.level is not None, f"TOP {top} not resting")
             bid, ask = inst.book.bids.best, inst.book.asks.best
-            _check(bid is None or ask is None or bid.price < ask.price, f"{symbol} book crossed")
+            if not inst.in_call:
+                _check(bid is None or ask is None or bid.price < ask.price, f"{symbol} book crossed")
+            stops = list(inst.stops.orders())
+            _check(len(stops) == inst.stops.count, f"{symbol} stop count {inst.stops.count} != {len(stops)}")
+            for order in stops:
+                _check(self.orders.get(order.order_id) is order and order.status == PENDING, f"stop {order.order_id}")
+        scheduled = {oid for _, oid in self._gtd}
         for order_id, order in self.orders.items():
             _check(order.order_id == order_id, f"order index key {order_id}")
-            _check(order.status in (OPEN, PENDING), f"order {order_id} in index with status {order.status}")
+            _check(order.status in (OPEN, PENDING, INACTIVE), f"order {order_id} live with status {order.status}")
             if order.status == OPEN:
                 _check(order_id in seen, f"open order {order_id} not on a book")
             _check(self.client_ids.get((order.account, order.client_id)) == order_id, f"registry for {order_id}")
             _check(order.order_id < self.next_id, f"order id {order_id} >= next id")
-            if order.expire_at is not None and order.status == OPEN:
-                _check(any(oid == order_id for _, oid in self._gtd), f"GTD order {order_id} not scheduled")
+            if order.expire_at is not None:
+                _check(order_id in scheduled, f"GTD order {order_id} not scheduled")
+            if order.group is not None:
+                _check(self.groups.get(order.group.group_id) is order.group, f"order {order_id} in a dead group")
         _check(len(seen) == sum(1 for o in self.orders.values() if o.status == OPEN), "book/index size mismatch")
+        for group_id, group in self.groups.items():
+            group.check(self)
+        _check(not self._releases, "release queue not empty between commands")
+
+
+def _shape_problem(cmd: C.NewOrder) -> str | None:
+    """Structural checks the edge also makes (the engine re-checks for embedders)."""
+    kind = cmd.kind
+    if cmd.qty <= 0:
+        return "qty must be positive"
+    if kind in (LIMIT, STOP_LIMIT) and (cmd.price is None or cmd.price <= 0):
+        return "a limit or stop-limit order needs a positive price"
+    if kind in (MARKET, STOP, TRAILING_STOP) and cmd.price is not None:
+        return f"a {C.KIND_NAMES[kind]} order has no price"
+    if kind == MARKET and cmd.tif not in (IOC, FOK):
+        return "a market order must be IOC or FOK"
+    if kind in (STOP, STOP_LIMIT) and (cmd.trigger is None or cmd.trigger <= 0):
+        return "a stop order needs a positive trigger"
+    if kind == TRAILING_STOP:
+        if (cmd.trail_amount is None) == (cmd.trail_percent_e6 is None):
+            return "a trailing stop needs exactly one of trail_amount and trail_percent"
+        if (cmd.trail_amount or 1) <= 0 or not 0 < (cmd.trail_percent_e6 or 1) < 100_000_000:
+            return "a trailing distance must be positive (and below 100 percent)"
+    if kind in (STOP, TRAILING_STOP) and cmd.tif not in (C.GTC, GTD):
+        return "a stop order must be GTC or GTD"
+    if kind not in (LIMIT, MARKET, STOP, STOP_LIMIT, TRAILING_STOP):
+        return f"unknown order kind {kind}"
+    if cmd.post_only and (kind != LIMIT or cmd.tif in (IOC, FOK)):
+        return "post-only needs a GTC or GTD limit order"
+    if cmd.tif == GTD and cmd.expire_at is None:
+        return "a GTD order needs expire_at"
+    if cmd.side not in (BUY, SELL) or cmd.stp not in range(len(STP_NAMES)) or cmd.tif not in range(4):
+        return "side, tif or stp out of range"
+    return None
+
+
+def _unknown_message(cmd) -> str:
+    name = f"order_id {cmd.order_id}" if cmd.order_id is not None else f"client_id {cmd.client_id}"
+    return f"no open order with {name} for account {cmd.account}"
 
 
 def _order_row(o: Order) -> list:
@@ -577,6 +805,12 @@ def _order_row(o: Order) -> list:
         o.status,
         o.priority_seq,
         o.trigger,
+        o.trail_amount,
+        o.trail_percent_e6,
+        o.activation_price,
+        o.extreme if o.trail_group is not None else None,
+        o.group.group_id if o.group is not None else None,
+        o.in_call,
     ]
 
 
@@ -611,3 +845,4 @@ def _check_side(engine: Engine, inst: InstrumentState, side_code: int, side: Boo
             o = o.next
         _check(level.tail is prev, f"level {price} tail")
         _check(level.qty == qty and level.count == count, f"level {price} totals {level.qty}/{qty} {level.count}/{count}")
+
