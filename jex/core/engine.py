@@ -635,6 +635,17 @@ class Engine(ContingentMixin, AuctionMixin):
             "asks": levels(inst.book.asks),
         }
 
+    def next_expiry(self) -> int | None:
+        """The earliest ``expire_at`` of a live GTD order, or None. O(log n) amortised."""
+        gtd = self._gtd
+        while gtd:
+            expire_at, order_id = gtd[0]
+            order = self.orders.get(order_id)
+            if order is not None and order.expire_at == expire_at:
+                return expire_at
+            heapq.heappop(gtd)
+        return None
+
     def order(self, order_id: int) -> Order | None:
         return self.orders.get(order_id)
 

@@ -117,6 +117,7 @@ class _TrailSet:
         for group in groups:
             self.nearest.remove(self._key(group))
             del by_extreme[group.extreme]
+        for group in groups:
             if group is not base:
                 for order in group.members:
                     order.trail_group = base

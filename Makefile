@@ -1,0 +1,25 @@
+# Every target creates the virtual environment and installs jex (with its
+# test dependencies) from pyproject.toml when needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jex-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jex demo
+
+# pytest exits 5 when it collects nothing: treat that as a failure.
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$code
+
+clean:
+	rm -rf .jex-demo .jex build *.egg-info
