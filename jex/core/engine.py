@@ -258,7 +258,7 @@ class Engine(ContingentMixin, AuctionMixin):
         if order.post_only:
             best = opp.best
             if best is not None and (order.price >= best.price if order.side == BUY else order.price <= best.price):
-                if inst.config.post_only_mode == C.POST_ONLY_SLIDE:
+                if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
                     order.price = best.price - 1 if order.side == BUY else best.price + 1
                     self._events.append(
                         Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol)
@@ -572,7 +572,7 @@ class Engine(ContingentMixin, AuctionMixin):
         if order.post_only and new_price != order.price and not inst.in_call:
             best = opp.best
             if best is not None and (new_price >= best.price if order.side == BUY else new_price <= best.price):
-                if inst.config.post_only_mode == C.POST_ONLY_SLIDE:
+                if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
                     new_price = best.price - 1 if order.side == BUY else best.price + 1
                 else:
                     self._reject(

@@ -32,7 +32,7 @@ REJECT_REASONS: dict[str, str] = {
 
 # Cancel reasons (the ``reason`` of a ``cancelled`` event).
 CANCEL_REASONS: dict[str, str] = {
-    "user": "cancelled by a cancel command (or a replace to zero open quantity)",
+    "user": "cancelled by a cancel command (of the order or of its group)",
     "ioc": "the unfilled remainder of an IOC or market order",
     "fok": "a fill-or-kill order that could not be filled in full (no trades, no side effects)",
     "oco": "the other leg of an OCO group was filled, triggered or cancelled",

@@ -198,6 +198,9 @@ class Exchange:
         entries: list[tuple[int, int, bytes]] = []
         size = 0
         started = time.monotonic_ns()
+        # The journal may have reserved a seq for a SEAL (a rollover decided
+        # by the previous submit): stamp this batch from its next_seq.
+        self.seq = self.journal.next_seq - 1
         for raw in source:
             result, entry = self._one(raw, index + len(results))
             results.append(result)
