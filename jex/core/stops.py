@@ -309,3 +309,52 @@ def _pull(index: SortedDict, key: int, order: Order) -> None:
     bucket.remove(order)
     if not bucket:
         del index[key]
+
+
+# ------------------------------------------------------------- snapshots
+
+
+def export_stops(stops: StopBook) -> list:
+    """Plain data for a snapshot: every index with order ids in their order."""
+
+    def index(d: SortedDict) -> list:
+        return [[key, [o.order_id for o in bucket]] for key, bucket in d.items()]
+
+    trailing = []
+    for side in stops.trailing:
+        for trail in side:
+            groups = [[g.gid, g.extreme, [o.order_id for o in g.members]] for g in trail.groups.values()]
+            trailing.append([trail.next_gid, groups])
+    return [
+        [index(d) for d in stops.plain],
+        [index(d) for d in stops.activation],
+        [[o.order_id for o in w] for w in stops.waiting],
+        trailing,
+        stops.count,
+    ]
+
+
+def restore_stops(data: list, orders: dict) -> StopBook:
+    """Rebuild a StopBook from ``export_stops`` output and live orders by id."""
+    stops = StopBook()
+    plain, activation, waiting, trailing, count = data
+    for target, rows in zip(stops.plain + stops.activation, plain + activation):
+        for key, ids in rows:
+            target[key] = [orders[i] for i in ids]
+    for target, ids in zip(stops.waiting, waiting):
+        target.extend(orders[i] for i in ids)
+    sets = [trail for side in stops.trailing for trail in side]
+    for trail, (next_gid, groups) in zip(sets, trailing):
+        trail.next_gid = next_gid
+        for gid, extreme, ids in groups:
+            group = _TrailGroup(gid, extreme, trail.by_percent)
+            for i in ids:
+                order = orders[i]
+                order.extreme = extreme
+                order.trail_group = group
+                group.members.add(order)
+            trail.groups[gid] = group
+            trail.by_extreme[extreme] = group
+            trail.nearest.add(trail._key(group))
+    stops.count = count
+    return stops
