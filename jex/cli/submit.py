@@ -168,7 +168,7 @@ def submit(
             if bar:
                 bar.stop()
         output.flush()
-        if refused and not keep_going:
+        if refused and not keep_going and target not in COMMAND_TYPES:
             output.diag(f"jex: stopped at the first refused command; {node.acknowledged} acknowledged before it")
         return EXIT_USAGE if refused else EXIT_OK
 
