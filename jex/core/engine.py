@@ -744,6 +744,11 @@ class Engine(ContingentMixin, AuctionMixin):
             _check(len(stops) == inst.stops.count, f"{symbol} stop count {inst.stops.count} != {len(stops)}")
             for order in stops:
                 _check(self.orders.get(order.order_id) is order and order.status == PENDING, f"stop {order.order_id}")
+            trailing = sum(1 for o in stops if o.kind == TRAILING_STOP)
+            _check(inst.stops.trail_count == trailing, f"{symbol} trailing count {inst.stops.trail_count} != {trailing}")
+            buys, sells = inst.stops.plain
+            _check(inst.stops.buy_min == (buys.peekitem(0)[0] if buys else None), f"{symbol} cached buy trigger")
+            _check(inst.stops.sell_max == (sells.peekitem(-1)[0] if sells else None), f"{symbol} cached sell trigger")
         scheduled = {oid for _, oid in self._gtd}
         for order_id, order in self.orders.items():
             _check(order.order_id == order_id, f"order index key {order_id}")

@@ -173,7 +173,7 @@ class _TrailSet:
 class StopBook:
     """All pending stops of one instrument."""
 
-    __slots__ = ("plain", "activation", "waiting", "trailing", "count")
+    __slots__ = ("plain", "activation", "waiting", "trailing", "count", "trail_count", "buy_min", "sell_max")
 
     def __init__(self) -> None:
         # plain[side]: trigger -> [orders in entry order]
@@ -185,6 +185,16 @@ class StopBook:
         # trailing[side]: (by amount, by percent)
         self.trailing = ((_TrailSet(BUY, False), _TrailSet(BUY, True)), (_TrailSet(SELL, False), _TrailSet(SELL, True)))
         self.count = 0
+        # Fast path for the common trade that fires nothing: trailing stops
+        # in any state, and the nearest plain triggers on each side.
+        self.trail_count = 0
+        self.buy_min: int | None = None
+        self.sell_max: int | None = None
+
+    def _refresh_bounds(self) -> None:
+        buys, sells = self.plain
+        self.buy_min = buys.peekitem(0)[0] if buys else None
+        self.sell_max = sells.peekitem(-1)[0] if sells else None
 
     def __len__(self) -> int:
         return self.count
@@ -197,8 +207,15 @@ class StopBook:
         from ``last``; with no last price it waits for the first trade."""
         self.count += 1
         if order.kind != TRAILING_STOP:
-            _push(self.plain[order.side], order.trigger, order)
+            trigger = order.trigger
+            _push(self.plain[order.side], trigger, order)
+            if order.side == BUY:
+                if self.buy_min is None or trigger < self.buy_min:
+                    self.buy_min = trigger
+            elif self.sell_max is None or trigger > self.sell_max:
+                self.sell_max = trigger
             return
+        self.trail_count += 1
         act = order.activation_price
         if act is None:
             if last is None:
@@ -217,7 +234,11 @@ class StopBook:
         self.count -= 1
         if order.kind != TRAILING_STOP:
             _pull(self.plain[order.side], order.trigger, order)
-        elif order.trail_group is not None:
+            if order.trigger == (self.buy_min if order.side == BUY else self.sell_max):
+                self._refresh_bounds()
+            return
+        self.trail_count -= 1
+        if order.trail_group is not None:
             self._trail_set(order).remove(order)
         elif order.activation_price is not None and order in self.activation[order.side].get(order.activation_price, ()):
             _pull(self.activation[order.side], order.activation_price, order)
@@ -233,6 +254,10 @@ class StopBook:
         """Process one trade at ``price``; return the stops it fires, ordered
         buy stops first (lowest trigger first), then sell stops (highest
         first), ties by entry (order id)."""
+        if not self.trail_count:
+            low, high = self.buy_min, self.sell_max
+            if (low is None or price < low) and (high is None or price > high):
+                return []
         fired_buy: list[tuple[int, int, Order]] = []
         fired_sell: list[tuple[int, int, Order]] = []
         self._activate(price)
@@ -250,6 +275,9 @@ class StopBook:
             for trigger in list(sells.irange(minimum=price, reverse=True)):
                 for order in sells.pop(trigger):
                     fired_sell.append((-trigger * SCALE, order.order_id, order))
+        plain_fired = len(fired_buy) + len(fired_sell)
+        if plain_fired:
+            self._refresh_bounds()
         # Active trailing stops.
         for side, out in ((BUY, fired_buy), (SELL, fired_sell)):
             for trail in self.trailing[side]:
@@ -262,6 +290,7 @@ class StopBook:
         fired_sell.sort(key=lambda t: (t[0], t[1]))
         fired = [t[2] for t in fired_buy] + [t[2] for t in fired_sell]
         self.count -= len(fired)
+        self.trail_count -= len(fired) - plain_fired
         return fired
 
     def _activate(self, price: int) -> None:
@@ -357,4 +386,6 @@ def restore_stops(data: list, orders: dict) -> StopBook:
             trail.by_extreme[extreme] = group
             trail.nearest.add(trail._key(group))
     stops.count = count
+    stops.trail_count = count - sum(len(b) for d in stops.plain for b in d.values())
+    stops._refresh_bounds()
     return stops
