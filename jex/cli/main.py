@@ -69,8 +69,10 @@ from jex.cli import submit as _submit  # noqa: E402  (registers commands on app)
 from jex.cli import reads as _reads  # noqa: E402
 from jex.cli import demo as _demo  # noqa: E402
 from jex.cli import journal_cmds as _journal_cmds  # noqa: E402
+from jex.cli import conformance_cmd as _conformance_cmd  # noqa: E402
+from jex.cli import import_cmd as _import_cmd  # noqa: E402
 
-_ = (_submit, _reads, _demo, _journal_cmds)
+_ = (_submit, _reads, _demo, _journal_cmds, _conformance_cmd, _import_cmd)
 
 
 # ---------------------------------------------------------------------- entry
