@@ -1,0 +1,239 @@
+"""Record framing: round trips, every RecordError reason, bounds before
+allocation, and decoder fuzz (spec failure behaviour 20)."""
+
+from __future__ import annotations
+
+import random
+import time
+import tracemalloc
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jex.journal.damage import forge_record
+from jex.journal.errors import RECORD_REASONS, RecordError
+from jex.journal.limits import PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES
+from jex.journal.record import (
+    ZERO_CHAIN,
+    RecordCursor,
+    RecordType,
+    decode_record,
+    encode_batch,
+    encode_one,
+    find_validating_header,
+    header_validates,
+    padded_len,
+)
+
+NONCE = 0x1234_5678_9ABC_DEF0
+
+
+def encode(payloads, *, first_seq=1, parent=ZERO_CHAIN, nonce=NONCE, ts0=100):
+    entries = [(first_seq + i, ts0 + i, p) for i, p in enumerate(payloads)]
+    return encode_batch(entries, parent=parent, nonce=nonce, expect_seq=first_seq, ts_floor=0)
+
+
+def decode_all(buffer, count, *, first_seq=1, parent=ZERO_CHAIN, nonce=NONCE):
+    records, offset = [], 0
+    for i in range(count):
+        record, offset = decode_record(bytes(buffer), offset, nonce=nonce, seq=first_seq + i, parent=parent)
+        parent = record.chain
+        records.append(record)
+    return records, offset
+
+
+def test_batch_round_trip_with_every_padding_length():
+    payloads = [bytes([i]) * i for i in range(0, 20)]
+    buffer, chain, last_ts = encode(payloads)
+    assert len(buffer) == sum(RECORD_HEADER_BYTES + padded_len(len(p)) for p in payloads)
+    records, end = decode_all(buffer, len(payloads))
+    assert end == len(buffer)
+    assert [r.payload for r in records] == payloads
+    assert [r.seq for r in records] == list(range(1, 21))
+    assert records[-1].chain == chain and last_ts == 119
+    assert all(r.type == RecordType.COMMAND for r in records)
+
+
+def test_chain_links_each_record_to_the_previous_header_checksum():
+    buffer, _, _ = encode([b"a", b"b", b"c"])
+    records, _ = decode_all(buffer, 3)
+    first, second, _ = records
+    assert bytes(buffer[RECORD_HEADER_BYTES + 8 + 32 : RECORD_HEADER_BYTES + 8 + 48]) == first.chain
+    assert second.chain == bytes(buffer[RECORD_HEADER_BYTES + 8 : RECORD_HEADER_BYTES + 8 + 16])
+
+
+def test_batches_continue_the_chain():
+    first, chain, _ = encode([b"x", b"y"])
+    second, chain2, _ = encode([b"z"], first_seq=3, parent=chain)
+    records, _ = decode_all(first + second, 3)
+    assert records[-1].chain == chain2
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([(2, 1, b"")], "not the next seq"),
+        ([(1, 5, b""), (3, 6, b"")], "not the next seq"),
+        ([(1, 5, b""), (2, 4, b"")], "before"),
+        ([(1, 1, bytes(PAYLOAD_BYTES_MAX + 1))], "exceeds"),
+        ([], "empty"),
+    ],
+)
+def test_encode_rejects_bad_entries(entries, message):
+    with pytest.raises(ValueError, match=message):
+        encode_batch(entries, parent=ZERO_CHAIN, nonce=NONCE, expect_seq=1, ts_floor=0)
+
+
+def test_encode_rejects_timestamp_before_floor():
+    with pytest.raises(ValueError, match="before"):
+        encode_batch([(1, 5, b"")], parent=ZERO_CHAIN, nonce=NONCE, expect_seq=1, ts_floor=6)
+
+
+def _good():
+    return bytearray(encode([b"payload-0123"])[0])
+
+
+def _mutated(mutate):
+    buffer = _good()
+    mutate(buffer)
+    return bytes(buffer)
+
+
+# reason -> bytes that must fail with exactly that reason at offset 0
+CASES = {
+    "short_record": lambda: bytes(_good()[:40]),
+    "bad_magic": lambda: _mutated(lambda b: b.__setitem__(78, 0)),
+    "header_checksum": lambda: _mutated(lambda b: b.__setitem__(50, b[50] ^ 1)),
+    "unknown_version": lambda: forge_record(1, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE, version=9),
+    "unknown_type": lambda: forge_record(1, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE, record_type=77),
+    "payload_len_too_large": lambda: forge_record(
+        1, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE, payload_len=PAYLOAD_BYTES_MAX + 1
+    ),
+    "body_checksum": lambda: _mutated(lambda b: b.__setitem__(RECORD_HEADER_BYTES + 1, 0)),
+    "bad_padding": lambda: _mutated(lambda b: b.__setitem__(len(b) - 1, 7)),
+    "foreign_nonce": lambda: forge_record(1, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE + 1),
+    "seq_gap": lambda: forge_record(2, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE),
+    "chain_break": lambda: forge_record(1, 1, b"x", parent=b"\1" * 16, nonce=NONCE),
+    "seal_with_payload": lambda: forge_record(
+        1, 1, b"x", parent=ZERO_CHAIN, nonce=NONCE, record_type=RecordType.SEAL
+    ),
+}
+
+
+def test_every_reason_has_a_case():
+    assert set(CASES) == set(RECORD_REASONS)
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_decoder_names_the_failed_check(reason):
+    data = CASES[reason]()
+    with pytest.raises(RecordError) as caught:
+        decode_record(data, 0, nonce=NONCE, seq=1, parent=ZERO_CHAIN)
+    assert caught.value.reason == reason
+    assert caught.value.offset == 0
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_cursor_stops_with_the_same_reason(reason):
+    data = CASES[reason]()
+    cursor = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    assert list(cursor) == []
+    error = cursor.stop_error()
+    assert error is not None and error.reason == reason
+
+
+def test_payload_len_is_bounded_before_any_allocation():
+    """A header claiming 4 GiB of payload (with a valid checksum) is refused
+    without allocating anything near that size (behaviour 9)."""
+    data = forge_record(1, 1, b"", parent=ZERO_CHAIN, nonce=NONCE, payload_len=0xFFFF_FFFF) + bytes(4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordError) as caught:
+            decode_record(data, 0, nonce=NONCE, seq=1, parent=ZERO_CHAIN)
+        cursor = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+        assert list(cursor) == []
+        assert cursor.stop_error().reason == "payload_len_too_large"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == "payload_len_too_large"
+    assert peak < 256 * 1024
+
+
+def test_cursor_walks_what_decode_record_decodes_and_stops_cleanly_at_zeros():
+    rng = random.Random(5)
+    payloads = [rng.randbytes(rng.randrange(0, 300)) for _ in range(200)]
+    buffer, chain, _ = encode(payloads)
+    data = bytes(buffer) + bytes(RECORD_HEADER_BYTES * 2)
+    expected, _ = decode_all(buffer, len(payloads))
+    cursor = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    assert list(cursor) == expected
+    assert (cursor.offset, cursor.seq, cursor.parent, cursor.count) == (len(buffer), 201, chain, 200)
+    assert cursor.stop_error() is None
+
+
+def test_cursor_stops_after_a_seal():
+    seal, seal_chain = encode_one(1, 5, b"", parent=ZERO_CHAIN, nonce=NONCE, record_type=RecordType.SEAL)
+    after, _, _ = encode([b"late"], first_seq=2, parent=seal_chain)
+    data = bytes(seal + after)
+    cursor = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    assert [r.type for r in cursor] == [RecordType.SEAL]
+    assert cursor.sealed and cursor.offset == len(seal)
+
+
+def test_find_validating_header_only_accepts_aligned_records_of_this_nonce():
+    record = forge_record(9, 1, b"abc", parent=ZERO_CHAIN, nonce=NONCE)
+    data = bytes(64) + record + bytes(64)
+    assert header_validates(data, 64, NONCE)
+    assert find_validating_header(data, 0, len(data), NONCE) == 64
+    assert find_validating_header(data, 0, len(data), NONCE + 1) is None
+    assert find_validating_header(data, 72, len(data), NONCE) is None
+    misaligned = bytes(68) + record
+    assert find_validating_header(misaligned, 0, len(misaligned), NONCE) is None
+
+
+# --- fuzz (behaviour 20): typed errors only, never a crash or a hang ----------------
+
+
+def _decode_anything(data: bytes) -> None:
+    try:
+        decode_record(data, 0, nonce=NONCE, seq=1, parent=ZERO_CHAIN)
+    except RecordError as error:
+        assert error.reason in RECORD_REASONS
+    cursor = RecordCursor(data, 0, len(data) - len(data) % 8, nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    for _ in cursor:
+        pass
+    error = cursor.stop_error()
+    assert error is None or error.reason in RECORD_REASONS
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=0, max_size=600))
+def test_fuzz_random_bytes(data):
+    _decode_anything(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 7), st.binary(min_size=1, max_size=8))
+def test_fuzz_mutations_of_valid_records(position, bit, splice):
+    buffer = bytearray(encode([b"alpha", b"beta" * 10, b""])[0])
+    position %= len(buffer)
+    buffer[position] ^= 1 << bit
+    buffer[position : position + len(splice)] = splice
+    _decode_anything(bytes(buffer))
+
+
+@pytest.mark.parametrize("fill", [0xFF, 0x00, 0xAA])
+def test_fuzz_filled_headers_and_short_files(fill):
+    for length in range(0, 200, 7):
+        _decode_anything(bytes([fill]) * length)
+
+
+def test_fuzz_many_random_buffers_quickly():
+    rng = random.Random(20)
+    started = time.monotonic()
+    for _ in range(3000):
+        _decode_anything(rng.randbytes(rng.randrange(0, 400)))
+    assert time.monotonic() - started < 10
