@@ -68,19 +68,38 @@ def stat_cmd(ctx: typer.Context) -> int:
     return EXIT_OK
 
 
-@journal_app.command("repair", help="Quarantine and zero a torn tail (takes the writer lock); refuses corruption (exit 3).")
-def repair_cmd(ctx: typer.Context) -> int:
+@journal_app.command(
+    "repair",
+    help="Quarantine and zero a torn tail (takes the writer lock); refuses corruption (exit 3). "
+    "--final-batch: quarantine an unproven final batch instead (only after a power loss).",
+)
+def repair_cmd(
+    ctx: typer.Context,
+    final_batch: bool = typer.Option(
+        False,
+        "--final-batch",
+        help="The machine lost power: quarantine the final batch that `verify` reports as unproven "
+        "(it may have been acknowledged if the cause was corruption instead). Refuses anything else.",
+    ),
+) -> int:
     from jex.journal import DirLock, repair
 
     wal = _wal_dir(ctx)
     lock = DirLock.acquire(wal.parent)
     try:
-        report = repair(wal, lock=lock)
+        report = repair(wal, lock=lock, final_batch=final_batch)
     finally:
         lock.release()
     data = _report_dict(report)
     if state(ctx).json:
         output.emit_json(data)
+    elif report.final_batch is not None:
+        batch = report.final_batch
+        output.stdout.print(
+            f"journal: quarantined the final batch (seq {batch.first_seq}..{batch.last_seq}) from "
+            f"{batch.path.name} offset {batch.offset} to {wal.parent / 'quarantine'}; "
+            f"last seq now {batch.first_seq - 1}"
+        )
     else:
         output.stdout.print(f"journal {report.decision.value}: last seq {report.last_seq}" + (f"; repaired {report.problem}" if report.problem else ""))
     return EXIT_OK

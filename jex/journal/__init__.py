@@ -3,8 +3,9 @@
 Record framing (record.py), segment files (segment.py), storage and its
 fault-injecting twin (storage.py, faultfs.py), writer backends (backends.py:
 io_uring via liburing, pwrite fallback), the scanner and recovery decision
-table (scan.py), the single-writer lock (lock.py) and the Journal the node
-uses (writer.py). Format and protocol: /work/shared/spec/journal.md.
+table (scan.py), chunked reading of segment files (reader.py), the
+single-writer lock (lock.py) and the Journal the node uses (writer.py).
+Format and protocol: /work/shared/spec/journal.md.
 """
 
 from jex.journal.errors import (
@@ -14,6 +15,7 @@ from jex.journal.errors import (
     JournalIOError,
     JournalStateError,
     JournalTorn,
+    JournalUnproven,
     RecordError,
     SegmentHeaderError,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "JournalIOError",
     "JournalStateError",
     "JournalTorn",
+    "JournalUnproven",
     "Record",
     "RecordError",
     "RecordType",

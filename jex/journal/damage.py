@@ -25,7 +25,9 @@ from jex.journal.record import (
     RecordCursor,
     RecordType,
     _digest,
+    decode_header,
     padded_len,
+    type_byte,
 )
 from jex.journal.segment import SegmentHeader, list_segments
 from jex.journal.storage import OsStorage
@@ -39,6 +41,7 @@ class RecordLocation:
     seq: int
     type: int
     payload_len: int
+    batch_end: bool = True  # The record is the last of its batch (always, for version 1).
 
     @property
     def payload_offset(self) -> int:
@@ -65,7 +68,8 @@ def locate_records(path: Path, ts_ns: int = 0) -> list[RecordLocation]:
     out, offset = [], SEGMENT_HEADER_BYTES
     for record in cursor:
         length = RECORD_HEADER_BYTES + padded_len(len(record.payload))
-        out.append(RecordLocation(Path(path), offset, length, record.seq, record.type, len(record.payload)))
+        batch_end = decode_header(data, offset).batch_end
+        out.append(RecordLocation(Path(path), offset, length, record.seq, record.type, len(record.payload), batch_end))
         offset += length
     return out
 
@@ -114,11 +118,15 @@ def forge_record(
     version: int = VERSION,
     payload_len: int | None = None,
     magic: int = MAGIC,
+    batch_end: bool = True,
+    raw_type: int | None = None,
 ) -> bytes:
     """A record whose header checksum is correct for whatever fields are
-    given (even impossible ones), for tests of every decoder check."""
+    given (even impossible ones), for tests of every decoder check.
+    `raw_type` sets the whole type byte (flag bits included) as given."""
     n = len(payload) if payload_len is None else payload_len
-    body = HEADER_BODY.pack(_digest(payload), parent, seq, nonce, ts_ns, n, record_type, version, magic)
+    kind = type_byte(record_type, version, batch_end) if raw_type is None else raw_type
+    body = HEADER_BODY.pack(_digest(payload), parent, seq, nonce, ts_ns, n, kind, version, magic)
     return _digest(body) + body + payload + bytes(padded_len(len(payload)) - len(payload))
 
 

@@ -5,6 +5,9 @@ each is ONE line that names what an operator needs (file, offset, seq,
 reason, holder). The CLI maps them to exit codes:
 
     JournalCorrupt  -> 3   integrity failure: refuse to start, change nothing
+      JournalUnproven -> 3 (a JournalCorrupt) the final batch is incomplete and
+                           may or may not have been acknowledged; an operator
+                           who knows the machine lost power may quarantine it
     JournalTorn     -> 1   torn tail found while opening with repair=False
     JournalIOError  -> 1   a write or sync failed: nothing was acknowledged
     DirLocked       -> 1   another process holds the data directory
@@ -103,6 +106,29 @@ class JournalCorrupt(JournalError):
         self.detail = detail
         super().__init__(
             _one_line(f"journal corrupt: {self.path} offset {offset} seq {seq}: {reason}", detail)
+        )
+
+
+class JournalUnproven(JournalCorrupt):
+    """The log's final batch (seq first_seq..last_seq) is damaged, and every
+    valid record after the damage lies inside it (row unproven_final_batch).
+
+    Either a batch in flight at a power cut landed partly and out of order
+    (never acknowledged: nothing is lost by dropping it), or an acknowledged,
+    synced batch rotted. The two look the same on disk, so the node refuses
+    to start (exit 3, changing nothing) and says what to do: an operator who
+    knows the machine lost power runs `jex journal repair --final-batch`,
+    which quarantines the batch. `offset` and `seq` name the first damage.
+    """
+
+    def __init__(
+        self, path: Path | str, offset: int, seq: int, reason: str, detail: str, *, first_seq: int, last_seq: int
+    ) -> None:
+        super().__init__(path, offset, seq, reason, detail)
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+        self.args = (
+            _one_line(f"journal unproven: {self.path} offset {offset} seq {seq}: {reason}", detail),
         )
 
 

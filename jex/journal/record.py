@@ -11,9 +11,21 @@ to an 8-byte boundary (spec/journal.md):
      56   8  segment_nonce    must equal the segment header's nonce
      64   8  timestamp_ns     stamped by the sequencer; replay never reads a clock
      72   4  payload_len      bounded by PAYLOAD_BYTES_MAX, checked before allocating
-     76   1  type             COMMAND, SEAL, CHECKPOINT (payload = state digest), PAD
-     77   1  version
+     76   1  type             bits 0-6: COMMAND, SEAL, CHECKPOINT (payload = state digest), PAD
+                              bit 7: BATCH_END (version 2): the last record of its batch
+     77   1  version          2 (written); 1 is still read
      78   2  magic            0xE7C5
+
+Batch boundaries (version 2). The writer sets FLAG_BATCH_END on the last
+record of every batch it writes (one write, one sync); a SEAL and a
+CHECKPOINT are batches of one. Readers mask the type byte with
+RECORD_TYPE_MASK. The flag is what lets recovery tell "the final batch was
+in flight at a power cut and landed out of order" (unproven, see scan.py)
+from "an earlier, synced batch rotted": the node writes batch k+1 only after
+batch k's sync completed, so a valid record after a BATCH_END proves that
+everything before it was synced. Version-1 records carry no flag and count
+as ending a batch each, i.e. they give recovery no new information. Any
+other bit pattern in the type byte is unknown_type.
 
 Encoding a batch is the WAL hot path: `encode_batch` writes every record of
 a batch into ONE preallocated bytearray with a precompiled Struct and two
@@ -27,8 +39,9 @@ raises RecordError with a stable reason code (errors.RECORD_REASONS).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from enum import IntEnum
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import xxhash
 
@@ -41,7 +54,10 @@ from jex.journal.limits import (
 )
 
 MAGIC = 0xE7C5
-VERSION = 1
+VERSION = 2  # Written. Version 2 added FLAG_BATCH_END to the type byte.
+VERSIONS_READABLE = frozenset({1, 2})
+FLAG_BATCH_END = 0x80  # In the type byte: this record is the last of its batch (version 2).
+RECORD_TYPE_MASK = 0x7F  # The type byte's record-type bits.
 ZERO_CHAIN = bytes(CHECKSUM_BYTES)  # The parent of the first record of the log.
 
 
@@ -54,13 +70,34 @@ class RecordType(IntEnum):
 
 RECORD_TYPES = frozenset(int(t) for t in RecordType)
 
+
+def type_byte(record_type: int, version: int, batch_end: bool) -> int:
+    """The on-disk type byte: the record type, plus FLAG_BATCH_END (version 2 only)."""
+    return record_type | (FLAG_BATCH_END if batch_end and version >= 2 else 0)
+
+
+# The cursor reads the type, version and magic fields as ONE little-endian
+# u32 (type | version << 8 | magic << 16) and looks it up here: the record
+# type for every valid combination (absent: bad magic, unknown version or
+# type), and the set of those that end a batch (every version-1 record;
+# version 2 with the flag). One lookup instead of three checks.
+_KIND_BY_TYPE_VERSION_MAGIC = {
+    type_byte(t, v, end) | v << 8 | MAGIC << 16: t
+    for t in RECORD_TYPES for v in VERSIONS_READABLE for end in (False, True)
+}  # fmt: skip
+_BATCH_ENDS_BY_TYPE_VERSION_MAGIC = frozenset(
+    tvm for tvm in _KIND_BY_TYPE_VERSION_MAGIC if (tvm >> 8) & 0xFF == 1 or tvm & FLAG_BATCH_END
+)
+
 # The whole header, and the 64 bytes the header checksum covers (16..79).
 HEADER = struct.Struct("<16s16s16sQQQIBBH")
 HEADER_BODY = struct.Struct("<16s16sQQQIBBH")
-assert HEADER.size == RECORD_HEADER_BYTES
+_HEADER_TVM = struct.Struct("<16s16s16sQQQII")  # type, version and magic as one u32 (the cursor's view)
+assert HEADER.size == _HEADER_TVM.size == RECORD_HEADER_BYTES
 assert HEADER_BODY.size == RECORD_HEADER_BYTES - CHECKSUM_BYTES
 
 _OFFSET_NONCE = 56
+OFFSET_PAYLOAD_LEN = 72
 _OFFSET_MAGIC = 78
 MAGIC_BYTES = struct.pack("<H", MAGIC)
 
@@ -80,6 +117,9 @@ class Record(NamedTuple):
 
 
 class Header(NamedTuple):
+    """A verified header. `type` is masked (RECORD_TYPE_MASK); `batch_end`
+    is the flag (always True for version 1)."""
+
     header_checksum: bytes
     body_checksum: bytes
     parent: bytes
@@ -90,6 +130,7 @@ class Header(NamedTuple):
     type: int
     version: int
     magic: int
+    batch_end: bool = True
 
 
 def padded_len(payload_len: int) -> int:
@@ -110,19 +151,24 @@ def encode_batch(
     expect_seq: int,
     ts_floor: int,
     record_type: int = RecordType.COMMAND,
+    version: int = VERSION,
 ) -> tuple[bytearray, bytes, int]:
-    """Encode (seq, ts_ns, payload) entries into one joined buffer.
+    """Encode (seq, ts_ns, payload) entries into one joined buffer: ONE batch,
+    its last record flagged FLAG_BATCH_END.
 
     Returns (buffer, chain after the last record, last ts_ns). Seqs must run
     gapless from `expect_seq` and timestamps must not decrease from
     `ts_floor`: the sequencer stamps both and replay relies on them, so a
     violation is a caller bug and raises ValueError before anything is
-    written. O(total bytes); per record one pack, two digests and four list
-    appends, then one join (measured ~0.4 us per 64-byte record, about twice
-    as fast as packing into a preallocated buffer through memoryviews).
+    written. `version` 1 exists only to rebuild a SEAL that a version-1 log
+    is missing (scan.SegmentEnd.seal_record). O(total bytes); per record one
+    pack, two digests and four list appends, then one join (measured ~0.4 us
+    per 64-byte record, about twice as fast as packing into a preallocated
+    buffer through memoryviews).
     """
     if not entries:
         raise ValueError("empty batch")
+    assert version in VERSIONS_READABLE and record_type in RECORD_TYPES
     parts: list[bytes] = []
     append = parts.append
     pack = HEADER_BODY.pack
@@ -130,12 +176,16 @@ def encode_batch(
     pads = _PADS
     seq_want = expect_seq
     ts_last = ts_floor
+    last_seq = expect_seq + len(entries) - 1
+    type_inner = type_byte(record_type, version, batch_end=False)
+    type_last = type_byte(record_type, version, batch_end=True)
     for seq, ts_ns, payload in entries:
         n = len(payload)
         if seq != seq_want or ts_ns < ts_last or n > PAYLOAD_BYTES_MAX:
             _reject_entry(seq, seq_want, ts_ns, ts_last, n)
+        kind = type_last if seq == last_seq else type_inner
         try:
-            body = pack(digest(payload), parent, seq, nonce, ts_ns, n, record_type, VERSION, MAGIC)
+            body = pack(digest(payload), parent, seq, nonce, ts_ns, n, kind, version, MAGIC)
         except struct.error as error:  # A seq or timestamp outside u64.
             raise ValueError(f"seq {seq}, timestamp {ts_ns}: {error}") from None
         parent = digest(body)
@@ -161,12 +211,12 @@ def _reject_entry(seq: int, seq_want: int, ts_ns: int, ts_last: int, payload_len
 
 
 def encode_one(
-    seq: int, ts_ns: int, payload: bytes, *, parent: bytes, nonce: int, record_type: int
+    seq: int, ts_ns: int, payload: bytes, *, parent: bytes, nonce: int, record_type: int, version: int = VERSION
 ) -> tuple[bytearray, bytes]:
-    """Encode a single record (SEAL, CHECKPOINT). Returns (bytes, chain)."""
+    """Encode a batch of one record (SEAL, CHECKPOINT). Returns (bytes, chain)."""
     buffer, chain, _ = encode_batch(
         [(seq, ts_ns, payload)],
-        parent=parent, nonce=nonce, expect_seq=seq, ts_floor=ts_ns, record_type=record_type,
+        parent=parent, nonce=nonce, expect_seq=seq, ts_floor=ts_ns, record_type=record_type, version=version,
     )  # fmt: skip
     return buffer, chain
 
@@ -180,19 +230,23 @@ def decode_header(buffer: bytes | memoryview, offset: int) -> Header:
     """
     if len(buffer) - offset < RECORD_HEADER_BYTES:
         raise RecordError("short_record", offset, "header cut off")
-    header = Header._make(HEADER.unpack_from(buffer, offset))
-    if header.magic != MAGIC:
-        raise RecordError("bad_magic", offset, f"magic 0x{header.magic:04x}")
+    fields = HEADER.unpack_from(buffer, offset)
+    magic, version, raw_type = fields[9], fields[8], fields[7]
+    if magic != MAGIC:
+        raise RecordError("bad_magic", offset, f"magic 0x{magic:04x}")
     body = memoryview(buffer)[offset + CHECKSUM_BYTES : offset + RECORD_HEADER_BYTES]
-    if _digest(body) != header.header_checksum:
+    if _digest(body) != fields[0]:
         raise RecordError("header_checksum", offset)
-    if header.version != VERSION:
-        raise RecordError("unknown_version", offset, f"version {header.version}")
-    if header.type not in RECORD_TYPES:
-        raise RecordError("unknown_type", offset, f"type {header.type}")
-    if header.payload_len > PAYLOAD_BYTES_MAX:
-        raise RecordError("payload_len_too_large", offset, f"payload_len {header.payload_len}")
-    return header
+    if version not in VERSIONS_READABLE:
+        raise RecordError("unknown_version", offset, f"version {version}")
+    tvm = raw_type | version << 8 | magic << 16
+    kind = _KIND_BY_TYPE_VERSION_MAGIC.get(tvm)
+    if kind is None:
+        raise RecordError("unknown_type", offset, f"type byte 0x{raw_type:02x} (version {version})")
+    if fields[6] > PAYLOAD_BYTES_MAX:
+        raise RecordError("payload_len_too_large", offset, f"payload_len {fields[6]}")
+    batch_end = tvm in _BATCH_ENDS_BY_TYPE_VERSION_MAGIC
+    return Header(*fields[:7], kind, version, magic, batch_end)
 
 
 def check_identity(header: Header, offset: int, *, nonce: int, seq: int, parent: bytes) -> None:
@@ -241,17 +295,28 @@ def decode_record(
 
 
 class RecordCursor:
-    """Walk the verified records of one segment image, fast.
+    """Walk the verified records of one buffer (a segment image or a chunk of one), fast.
 
     Iterating yields every record that passes all checks, starting at
     `offset` with the expected `seq` and `parent`; it stops before the
     first record that does not (or at a SEAL, after yielding it) and leaves
     `offset`, `seq`, `parent`, `ts_ns` and `sealed` describing where it
-    stopped. Call `stop_error()` to learn why it stopped. O(bytes walked);
-    ~1 us per 64-byte record: one unpack, two digests, no memoryviews.
+    stopped. Call `stop_error()` to learn why it stopped.
+
+    Batches: `batch_offset`, `batch_seq`, `batch_parent` and `batch_ts_ns`
+    describe where the batch that `offset` belongs to began: just after the
+    last record walked that ends a batch (FLAG_BATCH_END, or any version-1
+    record), else where the walk started. `batch_offset < offset` means the
+    last record walked did not end its batch (an open batch).
+
+    O(bytes walked); ~0.8 us per 64-byte record: one unpack, two digests,
+    two lookups, no memoryviews, constants bound as locals.
     """
 
-    __slots__ = ("data", "offset", "end", "nonce", "seq", "parent", "ts_ns", "sealed", "count")
+    __slots__ = (
+        "data", "offset", "end", "nonce", "seq", "parent", "ts_ns", "sealed", "count",
+        "batch_offset", "batch_seq", "batch_parent", "batch_ts_ns",
+    )  # fmt: skip
 
     def __init__(
         self, data: bytes, offset: int, end: int, *, nonce: int, seq: int, parent: bytes, ts_ns: int
@@ -266,35 +331,46 @@ class RecordCursor:
         self.ts_ns = ts_ns
         self.sealed = False
         self.count = 0
+        self.batch_offset, self.batch_seq, self.batch_parent, self.batch_ts_ns = offset, seq, parent, ts_ns
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Record]:
         data, end, nonce = self.data, self.end, self.nonce
         offset, seq, parent, ts_last = self.offset, self.seq, self.parent, self.ts_ns
-        unpack, digest, make = HEADER.unpack_from, _digest, Record
-        types, pads, count, seal = RECORD_TYPES, _PADS, 0, RecordType.SEAL
+        first_seq = seq
+        batch = (self.batch_offset, self.batch_seq, self.batch_parent, self.batch_ts_ns)
+        unpack, digest, new, make = _HEADER_TVM.unpack_from, _digest, tuple.__new__, Record
+        kind_of, batch_ends, pads = _KIND_BY_TYPE_VERSION_MAGIC.get, _BATCH_ENDS_BY_TYPE_VERSION_MAGIC, _PADS
+        payload_max, seal, header_bytes = PAYLOAD_BYTES_MAX, RecordType.SEAL, RECORD_HEADER_BYTES
         try:
-            while offset + RECORD_HEADER_BYTES <= end:
-                hc, bc, par, s, nn, ts, n, typ, ver, mag = unpack(data, offset)
-                body_at = offset + RECORD_HEADER_BYTES
-                stop = body_at + ((n + _PAD_MASK) & ~_PAD_MASK)
+            while offset + header_bytes <= end:
+                hc, bc, par, s, nn, ts, n, tvm = unpack(data, offset)
+                body_at = offset + header_bytes
+                pad = -n & 7
+                stop = body_at + n + pad
+                kind = kind_of(tvm)
                 if (
-                    mag != MAGIC or nn != nonce or s != seq or par != parent or ver != VERSION
-                    or typ not in types or n > PAYLOAD_BYTES_MAX or stop > end
-                    or (typ == seal and n != 0)
-                    or digest(data[offset + CHECKSUM_BYTES : body_at]) != hc
+                    kind is None or nn != nonce or s != seq or par != parent
+                    or n > payload_max or stop > end or (kind == seal and n != 0)
+                    or digest(data[offset + 16 : body_at]) != hc
                 ):  # fmt: skip
                     break
                 payload = data[body_at : body_at + n]
-                if digest(payload) != bc or data[body_at + n : stop] != pads[stop - body_at - n]:
+                if digest(payload) != bc or (pad and data[body_at + n : stop] != pads[pad]):
                     break
-                yield make(s, ts, typ, payload, hc)
-                offset, seq, parent, ts_last, count = stop, seq + 1, hc, ts, count + 1
-                if typ == seal:
+                yield new(make, (s, ts, kind, payload, hc))
+                offset = stop
+                seq += 1
+                parent = hc
+                ts_last = ts
+                if tvm in batch_ends:
+                    batch = (stop, seq, hc, ts)
+                if kind == seal:
                     self.sealed = True
                     break
         finally:
             self.offset, self.seq, self.parent, self.ts_ns = offset, seq, parent, ts_last
-            self.count += count
+            self.batch_offset, self.batch_seq, self.batch_parent, self.batch_ts_ns = batch
+            self.count += seq - first_seq
 
     def stop_error(self) -> RecordError | None:
         """Why the walk stopped at `offset`: None for an all-zero header or

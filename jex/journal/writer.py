@@ -11,7 +11,7 @@ API (what the node calls):
     Journal.open(wal_dir, *, backend="auto"|"pwrite"|"uring"|"uring-direct"|"uring-dsync"
                  |"uring-link"|Backend, segment_bytes=None (existing size, else 64 MiB),
                  batch_bytes_max=None, storage=None, repair=True, lock=None,
-                 prepare_ahead=True) -> Journal
+                 prepare_ahead=True, repair_final_batch=False) -> Journal
     journal.next_seq -> int        seq the next submitted entry must carry
     journal.submit(entries: list[tuple[int, int, bytes]]) -> None
     journal.wait() -> int          last durable seq
@@ -30,6 +30,10 @@ already skips the SEAL's seq, so the node may stamp the next batch while the
 current one is in flight. The engine therefore sees gaps in command seqs at
 segment boundaries; replay skips non-COMMAND records.
 
+Batches. Each submit() is one batch: one joined buffer, one write, one
+sync, its last record flagged BATCH_END (record.py). Recovery relies on a
+batch being written only after the previous one's sync completed.
+
 One batch in flight. submit() then wait(), strictly alternating; a second
 submit while one is in flight raises JournalStateError. Single-threaded: the
 only other thread is the segment preparer, which touches only its own temp
@@ -43,11 +47,19 @@ the dirty pages, so a second "successful" fsync would lie). Exit and reopen.
 
 Open. Take the data-dir lock, fsync every segment and the directory (a
 killed process's page cache may hold unsynced data), scan (scan.py). CLEAN:
-continue at the end. TORN: copy the damaged bytes to
+continue at the end, or, if the last batch is open (its last records were
+lost, so no record there ends the batch), in a NEW segment, so that no later
+batch is ever written onto an open one and batch boundaries stay exact.
+TORN: copy the damaged bytes to
 `<wal_dir>/../quarantine/<segment>@<offset>.torn`, zero them, fdatasync,
 then continue in a NEW segment with a new nonce (torn_tail), or write the
 SEAL a crash prevented and continue in the waiting segment
-(rollover_incomplete*). CORRUPT: raise JournalCorrupt having changed nothing.
+(rollover_incomplete*). CORRUPT: raise JournalCorrupt having changed nothing;
+for row unproven_final_batch that is a JournalUnproven, unless the caller
+passed repair_final_batch=True (the operator's `jex journal repair
+--final-batch`, after a power loss): then the whole final batch, from its
+first record, is quarantined (`...@<offset>.unproven`) and zeroed like a torn
+tail, and the log continues in a new segment after the previous batch.
 """
 
 from __future__ import annotations
@@ -72,7 +84,7 @@ from jex.journal.limits import (
 )
 from jex.journal.lock import DirLock
 from jex.journal.record import ZERO_CHAIN, Record, RecordType, encode_batch, encode_one, record_bytes
-from jex.journal.scan import Decision, Report, SegmentEnd, corrupt_error, iter_segment_records, scan
+from jex.journal.scan import UNPROVEN_ROW, Decision, Report, SegmentEnd, corrupt_error, iter_segment_records, scan
 from jex.journal.segment import (
     FLAG_PREV_UNSEALED,
     SegmentHeader,
@@ -85,6 +97,8 @@ from jex.journal.storage import OsStorage, Storage
 
 QUARANTINE_DIR_NAME = "quarantine"
 TORN_SUFFIX = ".torn"
+UNPROVEN_SUFFIX = ".unproven"  # A final batch quarantined by `repair --final-batch`.
+QUARANTINE_COPIES_MAX = 1000  # Copies of one range kept apart (a repair repeated after crashes).
 
 
 def default_batch_bytes_max(segment_bytes: int) -> int:
@@ -144,6 +158,7 @@ class Journal:
         repair: bool = True,
         lock: DirLock | None = None,
         prepare_ahead: bool = True,
+        repair_final_batch: bool = False,
     ) -> Journal:
         """Open (or create) the WAL in `wal_dir`; see the module docstring.
 
@@ -151,8 +166,11 @@ class Journal:
         existing segment, else SEGMENT_BYTES_DEFAULT). `lock`: the caller's
         held DirLock of wal_dir's parent (the node's data-dir lock); without
         one the journal takes that lock itself and releases it on close.
-        Raises JournalCorrupt, JournalTorn (repair=False), JournalIOError,
-        DirLocked, or ValueError for bad sizes.
+        `repair_final_batch`: quarantine an unproven final batch instead of
+        refusing it (only an operator who knows the machine lost power may
+        ask for this; see repair()). Raises JournalCorrupt (JournalUnproven),
+        JournalTorn (repair=False), JournalIOError, DirLocked, or ValueError
+        for bad sizes.
         """
         wal_dir = Path(wal_dir)
         storage = storage or OsStorage()
@@ -170,7 +188,7 @@ class Journal:
                 report = scan(wal_dir, storage=storage)
             except OSError as error:
                 raise JournalIOError("open", wal_dir, error) from error
-            if report.decision is Decision.CORRUPT:
+            if report.decision is Decision.CORRUPT and not (repair_final_batch and report.row == UNPROVEN_ROW):
                 raise corrupt_error(report)
             if report.decision is Decision.TORN and not repair:
                 p = report.problem
@@ -196,10 +214,12 @@ class Journal:
             if report.row == "empty_log":
                 header = SegmentHeader(0, new_nonce(), 1, ZERO_CHAIN)
                 self._activate(create_segment(self._storage, self.wal_dir, header, self._segment_bytes), header)
-            elif report.row == "clean_end":
+            elif report.row == "clean_end" and not report.end.batch_open:
                 self._resume(report.end, report.active_header)
-            elif report.row == "torn_tail":
+            elif report.row in ("clean_end", "torn_tail"):  # An open batch is never continued.
                 self._repair_torn_tail(report.end)
+            elif report.row == UNPROVEN_ROW:
+                self._quarantine_final_batch(report.end)
             elif report.row in ("rollover_incomplete", "rollover_incomplete_torn_seal"):
                 self._finish_rollover(report.end, report.active_header)
             else:
@@ -225,13 +245,26 @@ class Journal:
         self._last_seq, self._chain, self._last_ts = end.last_seq, end.chain, end.last_ts
         self._activate(path, header)
 
+    def _quarantine_final_batch(self, end: SegmentEnd) -> None:
+        """Quarantine and zero the whole final batch, from its first record
+        (B, just after the previous BATCH_END) to the last non-zero byte,
+        then continue after the previous batch in a new segment, as a torn
+        tail repair does. Only on the operator's word (repair_final_batch)."""
+        assert end.batch_offset <= end.records_end < end.nonzero_end
+        self._quarantine(end.path, end.batch_offset, end.nonzero_end, UNPROVEN_SUFFIX)
+        header = SegmentHeader(end.segid + 1, new_nonce(), end.batch_seq, end.batch_chain, FLAG_PREV_UNSEALED)
+        path = create_segment(self._storage, self.wal_dir, header, self._segment_bytes)
+        self._last_seq, self._chain, self._last_ts = end.batch_seq - 1, end.batch_chain, end.batch_ts
+        self._activate(path, header)
+
     def _finish_rollover(self, end: SegmentEnd, header: SegmentHeader) -> None:
         """Write the SEAL a crash kept from landing. It is rebuilt exactly
         (deterministic) and must hash to the chain value the waiting
         segment's header already names."""
         self._quarantine(end.path, end.records_end, end.nonzero_end)
-        seal, seal_chain = end.seal_record()
-        assert seal_chain == header.prev_chain, "scan matched EXPECTS_SEAL, so the SEAL must rebuild exactly"
+        rebuilt = end.seal_for(header.prev_chain)
+        assert rebuilt is not None, "scan matched EXPECTS_SEAL, so the SEAL must rebuild exactly"
+        seal, seal_chain = rebuilt
         fd = self._storage.open(end.path, write=True)
         try:
             self._storage.pwrite_all(fd, seal, end.records_end)
@@ -241,9 +274,11 @@ class Journal:
         self._last_seq, self._chain, self._last_ts = end.last_seq + 1, seal_chain, end.last_ts
         self._activate(self.wal_dir / header.file_name, header)
 
-    def _quarantine(self, path: Path, start: int, end: int) -> None:
+    def _quarantine(self, path: Path, start: int, end: int, suffix: str = TORN_SUFFIX) -> None:
         """Copy [start, end) of `path` to the quarantine dir (durably), then
-        zero it in place and fdatasync. Idempotent if a crash repeats it."""
+        zero it in place and fdatasync. Safe if a crash repeats it: an
+        earlier copy of the range is never overwritten (a repeated repair
+        may find the range half zeroed), the new one gets a numbered name."""
         if end <= start:
             return
         storage = self._storage
@@ -252,7 +287,7 @@ class Journal:
         fd = storage.open(path, write=True)
         try:
             damaged = storage.pread(fd, end - start, start)
-            copy_path = quarantine / f"{path.name}@{start:016x}{TORN_SUFFIX}"
+            copy_path = _fresh_path(storage, quarantine / f"{path.name}@{start:016x}{suffix}")
             copy_fd = storage.open(copy_path, create=True)
             try:
                 storage.pwrite_all(copy_fd, damaged, 0)
@@ -535,17 +570,44 @@ def _sync_log(storage: Storage, wal_dir: Path) -> None:
     storage.fsync_dir(wal_dir)
 
 
-def repair(wal_dir: Path | str, *, storage: Storage | None = None, lock: DirLock | None = None) -> Report:
+def _fresh_path(storage: Storage, path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`, ... : the first that does not exist."""
+    for copy in range(QUARANTINE_COPIES_MAX):
+        candidate = path if copy == 0 else path.with_name(f"{path.name}.{copy}")
+        if not storage.exists(candidate):
+            return candidate
+    raise OSError(f"{path}: {QUARANTINE_COPIES_MAX} quarantined copies already")
+
+
+def repair(
+    wal_dir: Path | str, *, storage: Storage | None = None, lock: DirLock | None = None, final_batch: bool = False
+) -> Report:
     """Fix a torn tail (and only that), as opening would; returns the report
     that was acted on. A clean log is left untouched (not even created);
-    corruption raises JournalCorrupt having changed nothing."""
+    corruption raises JournalCorrupt having changed nothing, and an unproven
+    final batch raises JournalUnproven, which says to use final_batch.
+
+    final_batch=True (`jex journal repair --final-batch`) is the operator's
+    statement that this machine lost power: it quarantines an unproven final
+    batch (row unproven_final_batch) and refuses everything else without
+    changing anything. Any other corruption raises JournalCorrupt; a torn
+    tail raises JournalTorn (plain repair, or opening, fixes that); a clean
+    log is returned untouched (a repeated repair is harmless).
+    """
     wal_dir = Path(wal_dir)
     report = scan(wal_dir, storage=storage or OsStorage())
-    if report.decision is Decision.CORRUPT:
+    if report.decision is Decision.CORRUPT and not (final_batch and report.unproven):
         raise corrupt_error(report)
     if report.decision is Decision.CLEAN:
         return report
-    journal = Journal.open(wal_dir, backend="pwrite", storage=storage, lock=lock, prepare_ahead=False)
+    if final_batch and report.decision is Decision.TORN:
+        p = report.problem
+        raise JournalTorn(p.path, p.offset, p.seq, p.reason, f"{p.detail}; not an unproven final batch: "
+                          "plain `jex journal repair` quarantines a torn tail")  # fmt: skip
+    journal = Journal.open(
+        wal_dir, backend="pwrite", storage=storage, lock=lock, prepare_ahead=False,
+        repair=not final_batch, repair_final_batch=final_batch,
+    )  # fmt: skip
     report = journal.report  # Rescanned under the lock.
     journal.close()
     return report

@@ -10,7 +10,7 @@ import pytest
 
 from jex.journal import damage
 from jex.journal.backends import uring_unavailable_reason
-from jex.journal.errors import JournalCorrupt, JournalTorn
+from jex.journal.errors import JournalCorrupt, JournalTorn, JournalUnproven
 from jex.journal.limits import SEGMENT_HEADER_BYTES
 from jex.journal.record import ZERO_CHAIN, RecordType
 from jex.journal.scan import Decision, read_records, stat, verify
@@ -184,12 +184,42 @@ def test_bit_flip_in_payload_len_is_corrupt_without_a_huge_allocation(tmp_path):
     assert_refused_unchanged(tmp_path, "valid_record_after_damage")
 
 
-def test_bit_flip_in_record_n_minus_1_while_n_is_valid_is_corrupt_not_torn(tmp_path):
-    wal = build(tmp_path, count=8, batch=8)  # N-1 and N in the same, last, batch
+@pytest.mark.parametrize("batch", [1, 4])
+def test_bit_flip_in_record_n_minus_1_while_n_is_valid_is_corrupt_not_torn(tmp_path, batch):
+    wal = build(tmp_path, count=9, batch=batch)  # N-1 and N in different batches: N's batch proves N-1 synced
     records = damage.locate_all(wal)
+    assert records[-2].batch_end
     damage.flip_bit(records[-2].path, records[-2].payload_offset)
     error = assert_refused_unchanged(tmp_path, "valid_record_after_damage")
-    assert error.seq == records[-2].seq
+    assert error.seq == records[-2].seq and not isinstance(error, JournalUnproven)
+
+
+@pytest.mark.parametrize("victim", ["payload", "header"])
+def test_bit_flip_in_record_n_minus_1_of_the_final_batch_is_unproven_not_torn(tmp_path, victim):
+    """N-1 and N in the same, final, batch: a power cut that kept N but lost
+    N-1, or rot in an acknowledged batch. Refused (exit 3) either way, with
+    the batch named and the way out."""
+    wal = build(tmp_path, count=8, batch=8)
+    records = damage.locate_all(wal)
+    assert not records[-2].batch_end and records[-1].batch_end
+    damage.flip_bit(records[-2].path, records[-2].payload_offset if victim == "payload" else records[-2].offset + 50)
+    error = assert_refused_unchanged(tmp_path, "unproven_final_batch")
+    assert isinstance(error, JournalUnproven) and error.exit_code == 3
+    assert (error.seq, error.first_seq, error.last_seq) == (7, 1, 8)
+    assert "the last batch (seq 1..8) is incomplete" in str(error)
+    assert "run `jex journal repair --final-batch` to quarantine it" in str(error)
+
+
+def test_a_record_whose_header_is_lost_may_have_ended_its_batch(tmp_path):
+    """The format's one blind spot, stated: a record destroyed with its
+    header takes its BATCH_END flag along. Here seq 8 ended batch 5..8 and
+    seq 9 is a batch of its own, but with 8's flag gone 5..9 look like one
+    final batch: unproven, not plain corrupt. It is refused all the same."""
+    wal = build(tmp_path, count=9, batch=4)  # batches 1..4, 5..8, 9
+    records = damage.locate_all(wal)
+    damage.zero_range(records[-2].path, records[-2].offset, 80)  # seq 8: header gone, flag gone
+    error = assert_refused_unchanged(tmp_path, "unproven_final_batch")
+    assert (error.first_seq, error.seq, error.last_seq) == (5, 8, 9)
 
 
 @pytest.mark.parametrize("target", ["last_command", "seal"])

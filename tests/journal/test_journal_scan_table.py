@@ -55,7 +55,7 @@ def empty_last_segment(wal: Path) -> None:
 
 def test_every_input_pattern_matches_exactly_one_row():
     patterns = list(all_facts())
-    assert len(patterns) == 3 * 6 * 2 * 5
+    assert len(patterns) == 3 * 7 * 2 * 5
     for facts in patterns:
         matching = [row.name for row in DECISION_TABLE if row.matches(facts)]
         assert len(matching) == 1, (facts, matching)
@@ -164,6 +164,31 @@ def make_damage_in_closed_segment(root):
     wal = build_segments(root, 2)
     first = damage.segment_paths(wal)[0]
     damage.flip_bit(first, seal_of(first).offset + 60)
+    return wal
+
+
+def make_unproven_final_batch(root):
+    wal = build(root)  # batches of 4: the last one is seqs 17..20
+    records = damage.locate_all(wal)
+    damage.flip_bit(records[-2].path, records[-2].payload_offset + 3)  # N-1 rots (or never landed); N is valid
+    return wal
+
+
+def make_final_batch_beyond_window(root):
+    wal = build(root, segment_bytes=2 * 1024 * 1024 + 64 * 1024)
+    records = damage.locate_all(wal)
+    damage.flip_bit(records[-2].path, records[-2].payload_offset + 3)
+    last = records[-1]
+    damage.write_at(last.path, last.offset + last.length + TORN_WINDOW_BYTES + 64, b"\x01")
+    return wal
+
+
+def make_batch_damage_in_closed_segment(root):
+    wal = make_unsealed_by_repair(root)  # segment 0 keeps 17..19 of the torn batch 17..20: an open batch
+    first = damage.segment_paths(wal)[0]
+    kept = damage.locate_records(first)
+    assert [r.seq for r in kept[-3:]] == [17, 18, 19] and not kept[-1].batch_end
+    damage.flip_bit(first, kept[-2].payload_offset)
     return wal
 
 
