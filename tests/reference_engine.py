@@ -99,13 +99,10 @@ before the allocation. FOK simulation in a pro-rata level with own orders and a
 mode other than expire_maker stops before that level.
 
 §14 auctions:
-- The auction maker ("the order that entered earlier") is the order accepted
-  earlier, where a replace that loses priority and the growth of a resting
-  bracket TP (which moves it to the back of its level) count as a new entry,
-  but a release (stop, conditional) or a bracket activation does not. Ties by
-  order id. [fast: the first reading was "earlier time priority"; note that a
-  released conditional order or an activated TP thus counts as older than an
-  order that rested before its release]
+- The auction maker ("the order that entered earlier") is the order that
+  entered the book earlier: its acceptance, or a replace that loses
+  priority, the growth of a resting bracket TP, or its release (stop,
+  conditional, bracket activation) counts as its entry. Ties by order id.
 - Unfilled market orders are each matched and then cancelled (``auction``),
   one after the other.
 - With nothing crossing the ``auction`` event has surplus 0.
@@ -1006,6 +1003,7 @@ class ReferenceEngine:
             order.kind, order.price, order.tif = C.MARKET, None, C.IOC
         inst = self.instruments[order.symbol]
         order.status = "incoming"
+        order.entered = self.cur_seq  # §14: it enters the book now
         if order.tif == C.FOK and self._fok_fillable(inst, order) < order.open_qty:
             self._end(order, "fok")
             return
@@ -1032,8 +1030,10 @@ class ReferenceEngine:
                 if live(other):
                     self._end(other, "bracket", cascade=False)
             return
+        sl.entered = seq
         self._place_stop(inst, sl)
         tp.open_qty = target
+        tp.entered = seq
         self._emit(E.Triggered(seq, tp.order_id, tp.client_id, tp.symbol))
         self._incoming(inst, tp)
 
@@ -1049,6 +1049,7 @@ class ReferenceEngine:
             self._reject(order.client_id, order.account, "child_rejected")
             self._end(order, "condition", cascade=False)
             return
+        order.entered = self.cur_seq
         self._place(inst, order)
 
     # ------------------------------------------------------- cancel / replace
@@ -1096,6 +1097,11 @@ class ReferenceEngine:
         ):
             self._reject(cmd.client_id, cmd.account, "invalid_order")
             return
+        if cmd.qty is not None and order.group is not None and order.group.kind == "bracket" and order.role != "entry":
+            entry, tp, sl = order.group.member("entry"), order.group.member("tp"), order.group.member("sl")
+            if cmd.qty > entry.filled - tp.filled - sl.filled:  # §11: never above the open position
+                self._reject(cmd.client_id, cmd.account, "invalid_order")
+                return
         seq = self.cur_seq
         if order.status == "pending":  # §9: a pending stop
             if cmd.price is not None and order.kind != C.STOP_LIMIT:

@@ -109,20 +109,10 @@ PERCENTS_E6 = (500_000, 1_000_000, 1_500_000, 2_500_000)  # 0.5 %, 1 %, 1.5 %, 2
 # Inputs on which the fast engine is known to disagree with docs/semantics.md
 # (each has a strict-xfail reproducer below). While listed, the generators
 # avoid them so the oracle keeps hunting for new disagreements.
-KNOWN_BUGS: frozenset[str] = frozenset({
-    "bracket_group_cancel_unfilled",  # test_xfail_bracket_group_cancel_unfilled_entry
-    "top_lost_in_auction",  # test_xfail_pro_rata_top_survives_an_auction
-    "bracket_child_size_up",  # test_xfail_bracket_child_replace_size_up_breaks_invariants
-    "oco_check_order",  # test_xfail_oco_structural_check_before_legs_check
-    "auction_market_only_surplus",  # test_xfail_auction_surplus_market_only_rule
-    "pro_rata_fok_stp",  # test_xfail_pro_rata_fok_simulation_with_own_order_in_level
-    "post_only_replace_in_call",  # test_xfail_post_only_replace_in_call_phase
-})
+KNOWN_BUGS: frozenset[str] = frozenset()
 # Known disagreements too frequent to steer around: the reference imitates them in the random streams (and only
 # there; its default is the documented behaviour, which the strict-xfail reproducer checks).
-REF_QUIRKS: frozenset[str] = frozenset({
-    "vpin_tick_same_price",  # test_xfail_vpin_auction_trade_at_unchanged_price
-})
+REF_QUIRKS: frozenset[str] = frozenset()
 PRO_RATA_SYMS = ("P", "Q")
 STOPPING_STPS = (C.STP_EXPIRE_TAKER, C.STP_EXPIRE_BOTH, C.STP_DECREMENT)
 
@@ -772,13 +762,13 @@ def test_example_6b_bracket():
     assert ref.open_orders() == [(8, "b2", 1, 12)]  # flat: only D's bid is left
 
 
-# -------------------------------------------- reproducers of disagreements
+# ----------------------------- regressions: disagreements the oracle found, now fixed
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: cancelling a bracket group whose entry has no fill cancels the "
-                   "inactive TP/SL with reason 'bracket' instead of 'user' (semantics.md §11: cancelling the group "
-                   "cancels every live member with cancelled(user))")
-def test_xfail_bracket_group_cancel_unfilled_entry():
+# Regression (was a disagreement): fast engine: cancelling a bracket group whose entry has no fill cancels the
+# inactive TP/SL with reason 'bracket' instead of 'user' (semantics.md §11: cancelling the group cancels every
+# live member with cancelled(user))
+def test_regression_bracket_group_cancel_unfilled_entry():
     _, _, events = run_both([
         C.Instrument("X", "0.01", "1"),
         C.Bracket("A", "br", "X", N("A", "en", "X", C.BUY, C.LIMIT, 5, 100), 110, 95),
@@ -787,10 +777,10 @@ def test_xfail_bracket_group_cancel_unfilled_entry():
     assert [(e.client_id, e.reason) for e in events[-1]] == [("en", "user"), ("br/tp", "user"), ("br/sl", "user")]
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: a call auction (open + uncross, even with nothing crossing) "
-                   "drops the pro-rata TOP order (semantics.md §13: it stays TOP until it leaves the book or another "
-                   "order betters the market)")
-def test_xfail_pro_rata_top_survives_an_auction():
+# Regression (was a disagreement): fast engine: a call auction (open + uncross, even with nothing crossing)
+# drops the pro-rata TOP order (semantics.md §13: it stays TOP until it leaves the book or another order betters
+# the market)
+def test_regression_pro_rata_top_survives_an_auction():
     _, _, events = run_both([
         C.Instrument("P", "0.01", "1", matching=C.MATCH_PRO_RATA, min_alloc=2, top_order=True),
         N("B", "b1", "P", C.BUY, C.LIMIT, 5, 104),  # rests on an empty side: TOP
@@ -803,22 +793,26 @@ def test_xfail_pro_rata_top_survives_an_auction():
     assert [(e.maker_client_id, e.qty) for e in events[-1] if isinstance(e, E.Trade)] == [("b1", 5), ("c1", 1)]
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: check_invariants() fails ('child exceeds the filled entry') "
-                   "after a replace that sizes up an active bracket TP or SL, which semantics.md §6/§9 allow")
+# Regression (was a disagreement): fast engine: check_invariants() fails ('child exceeds the filled entry')
+# after a replace that sizes up an active bracket TP or SL, which semantics.md §6/§9 allow
 @pytest.mark.parametrize("child", ["br/tp", "br/sl"])
-def test_xfail_bracket_child_replace_size_up_breaks_invariants(child):
-    run_both([
+def test_regression_bracket_child_replace_size_up_breaks_invariants(child):
+    """Decided: a bracket child never exceeds the open position (§11), so the size-up is refused."""
+    _, _, events = run_both([
         C.Instrument("X", "0.01", "1"),
         C.Bracket("A", "br", "X", N("A", "en", "X", C.BUY, C.LIMIT, 5, 100), 110, 95),
         N("B", "s", "X", C.SELL, C.LIMIT, 2, 100),  # entry fills 2: TP and SL active with 2
-        C.Replace("A", child, qty=4),  # amended(qty=4); then the fast engine's invariants fail
+        C.Replace("A", child, qty=4),
+        C.Replace("A", child, qty=1),
     ])
+    assert [e.reason for e in events[-2]] == ["invalid_order"]
+    assert [type(e).__name__ for e in events[-1]] == ["Amended"]
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: an OCO whose leg fails the structural checks of §3 (here qty 0) "
-                   "and whose legs also differ in quantity is rejected oco_legs_invalid; semantics.md §10 lists "
-                   "invalid_order (a leg fails §3's structural checks) before oco_legs_invalid")
-def test_xfail_oco_structural_check_before_legs_check():
+# Regression (was a disagreement): fast engine: an OCO whose leg fails the structural checks of §3 (here qty 0)
+# and whose legs also differ in quantity is rejected oco_legs_invalid; semantics.md §10 lists invalid_order (a
+# leg fails §3's structural checks) before oco_legs_invalid
+def test_regression_oco_structural_check_before_legs_check():
     _, _, events = run_both([
         C.Instrument("F", "0.01", "1"),
         C.Oco("D", "g", "F", (N("D", "a", "F", C.SELL, C.STOP, 6, trigger=99), N("D", "b", "F", C.SELL, C.LIMIT, 0, 104))),
@@ -826,10 +820,10 @@ def test_xfail_oco_structural_check_before_legs_check():
     assert [e.reason for e in events[-1]] == ["invalid_order"]
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: when the market orders alone supply the volume (market-rules "
-                   "§4.3 (e)), the auction surplus is market buys - market sells, ignoring the limit orders that D(p*) "
-                   "and S(p*) include (semantics.md §14 / market-rules §4.2: surplus = D - S at p*)")
-def test_xfail_auction_surplus_market_only_rule():
+# Regression (was a disagreement): fast engine: when the market orders alone supply the volume (market-rules
+# §4.3 (e)), the auction surplus is market buys - market sells, ignoring the limit orders that D(p*) and S(p*)
+# include (semantics.md §14 / market-rules §4.2: surplus = D - S at p*)
+def test_regression_auction_surplus_market_only_rule():
     _, _, events = run_both([
         C.Instrument("S", "0.01", "1"),
         C.Auction("S", C.AUCTION_OPEN),
@@ -842,12 +836,12 @@ def test_xfail_auction_surplus_market_only_rule():
     assert events[-1][0] == E.AuctionResult(6, "S", 90, 6, -5)
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: the FOK simulation in a pro-rata level counts the makers ahead of "
-                   "an own order, but matching resolves every own order of the level (STP) before allocating, so the "
-                   "FOK is not killed and ends by STP (here with no trade, in general after partial fills); "
-                   "semantics.md §13/§3.2 and market-rules §7.4: simulate the STP outcome, kill with no side effects")
+# Regression (was a disagreement): fast engine: the FOK simulation in a pro-rata level counts the makers ahead
+# of an own order, but matching resolves every own order of the level (STP) before allocating, so the FOK is not
+# killed and ends by STP (here with no trade, in general after partial fills); semantics.md §13/§3.2 and market-
+# rules §7.4: simulate the STP outcome, kill with no side effects
 @pytest.mark.parametrize("stp", [C.STP_EXPIRE_TAKER, C.STP_EXPIRE_BOTH, C.STP_DECREMENT])
-def test_xfail_pro_rata_fok_simulation_with_own_order_in_level(stp):
+def test_regression_pro_rata_fok_simulation_with_own_order_in_level(stp):
     _, _, events = run_both([
         C.Instrument("P", "0.01", "1", matching=C.MATCH_PRO_RATA),
         N("C", "c", "P", C.SELL, C.LIMIT, 6, 100),
@@ -858,12 +852,12 @@ def test_xfail_pro_rata_fok_simulation_with_own_order_in_level(stp):
                                                                                       ("Cancelled", "fok")]
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: during a call phase, a replace that makes a resting post-only "
-                   "order lose priority emits amended and then cancels it with reason 'auction' (it leaves the book); "
-                   "semantics.md §6/§14: it rests at its new price without matching (a crossing price in reject mode "
-                   "is rejected post_only_would_cross)")
+# Regression (was a disagreement): fast engine: during a call phase, a replace that makes a resting post-only
+# order lose priority emits amended and then cancels it with reason 'auction' (it leaves the book); semantics.md
+# §6/§14: it rests at its new price without matching (a crossing price in reject mode is rejected
+# post_only_would_cross)
 @pytest.mark.parametrize("new_price, expected", [(99, ["amended"]), (103, ["rejected"])])
-def test_xfail_post_only_replace_in_call_phase(new_price, expected):
+def test_regression_post_only_replace_in_call_phase(new_price, expected):
     _, _, events = run_both([
         C.Instrument("X", "0.01", "1"),
         N("A", "s", "X", C.SELL, C.LIMIT, 2, 102),
@@ -874,11 +868,11 @@ def test_xfail_post_only_replace_in_call_phase(new_price, expected):
     assert [type(e).__name__.lower() for e in events[-1]] == expected
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: an auction trade (classified by the tick rule) at the same price "
-                   "as the previous trade takes the class of the previous *tick-classified* trade (a buy if none), "
-                   "not the previous trade's class (market-rules §1.5); here the previous trade was an aggressive "
-                   "sell at 100, so the auction trade at 100 is a sell")
-def test_xfail_vpin_auction_trade_at_unchanged_price():
+# Regression (was a disagreement): fast engine: an auction trade (classified by the tick rule) at the same price
+# as the previous trade takes the class of the previous *tick-classified* trade (a buy if none), not the
+# previous trade's class (market-rules §1.5); here the previous trade was an aggressive sell at 100, so the
+# auction trade at 100 is a sell
+def test_regression_vpin_auction_trade_at_unchanged_price():
     _, ref, _ = run_both([
         C.Instrument("X", "0.01", "1", vpin_bucket=2, vpin_window=1),
         N("A", "m1", "X", C.SELL, C.LIMIT, 1, 99), N("B", "t1", "X", C.BUY, C.LIMIT, 1, 99),  # buy 1 @99
@@ -891,10 +885,10 @@ def test_xfail_vpin_auction_trade_at_unchanged_price():
     assert ref.stats("X")["vpin"] == 1  # bucket 2 = {sell 1, sell 1}
 
 
-@pytest.mark.xfail(strict=True, reason="fast engine: a condition leaf with an operator code out of range is accepted "
-                   "(reasons.py: condition_invalid covers a malformed condition) and the next trade in its symbol "
-                   "raises IndexError inside Engine.apply")
-def test_xfail_condition_with_bad_operator():
+# Regression (was a disagreement): fast engine: a condition leaf with an operator code out of range is accepted
+# (reasons.py: condition_invalid covers a malformed condition) and the next trade in its symbol raises
+# IndexError inside Engine.apply
+def test_regression_condition_with_bad_operator():
     _, _, events = run_both([
         C.Instrument("X", "0.01", "1"),
         C.Conditional("A", "g", C.Leaf("X", C.FIELD_LAST, 9, 1), N("A", "o", "X", C.BUY, C.LIMIT, 1, 100)),

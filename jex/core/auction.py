@@ -67,7 +67,9 @@ def plan_uncross(bids: list[tuple[int, int]], asks: list[tuple[int, int]], marke
             price = best_bid
         if best_ask is not None and price > best_ask:
             price = best_ask
-        return UncrossPlan(price, best_volume, market_buy - market_sell)
+        demand = market_buy + sum(q for bp, q in bids if bp >= price)
+        supply = market_sell + sum(q for ap, q in asks if ap <= price)
+        return UncrossPlan(price, best_volume, demand - supply)
     if all(s > 0 for _, _, s in rows):
         chosen = max(rows, key=lambda r: r[0])
     elif all(s < 0 for _, _, s in rows):
@@ -92,7 +94,6 @@ class AuctionMixin:
                 self._reject(None, None, "auction_state", f"{cmd.symbol} is already in a call phase")
                 return
             inst.in_call = True
-            inst.top[BUY] = inst.top[SELL] = None
             self._events.append(Phase(self.seq, cmd.symbol, "call"))
             return
         if not inst.in_call:
@@ -154,6 +155,8 @@ class AuctionMixin:
                 level.qty -= qty
             if qty == order.qty:
                 order.qty = 0
+                if inst.top[order.side] == order.order_id:
+                    inst.top[order.side] = None
                 if level is not None:
                     level.unlink(order)
                     if level.count == 0:

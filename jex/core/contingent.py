@@ -150,6 +150,34 @@ def _symbols_of(node: C.Condition, out: list[str]) -> None:
             _symbols_of(term, out)
 
 
+CONDITION_DEPTH_MAX = 8  # same limits as the edge (core/codec.py)
+CONDITION_LEAVES_MAX = 64
+
+
+def _condition_problem(node, depth: int, leaves: list[int]) -> str | None:
+    """Why a condition tree is malformed (engine re-check for embedders), or None."""
+    if depth > CONDITION_DEPTH_MAX:
+        return f"conditions nest at most {CONDITION_DEPTH_MAX} deep"
+    if isinstance(node, C.Leaf):
+        leaves[0] += 1
+        if leaves[0] > CONDITION_LEAVES_MAX:
+            return f"at most {CONDITION_LEAVES_MAX} conditions per tree"
+        if node.field not in range(len(C.FIELD_NAMES)) or node.op not in range(len(C.OP_NAMES)):
+            return "condition field or operator out of range"
+        if node.value < 0:
+            return "condition value must not be negative"
+        return None
+    if isinstance(node, (C.All, C.Any_)):
+        if not node.terms:
+            return "an all/any needs at least one term"
+        for term in node.terms:
+            problem = _condition_problem(term, depth + 1, leaves)
+            if problem is not None:
+                return problem
+        return None
+    return "unknown condition node"
+
+
 _COMPARE = (
     lambda a, b: a > b,
     lambda a, b: a >= b,
@@ -195,7 +223,7 @@ class ContingentMixin:
         if dup is not None:
             self._reject(cmd.client_id, cmd.account, "duplicate_client_id", dup)
             return
-        problem = self._group_member_problem(cmd, legs, cmd.symbol) or self._oco_problem(legs, inst)
+        problem = self._group_member_problem(cmd, legs, cmd.symbol) or self._oco_problem(legs, inst, cmd.mode)
         if problem is not None:
             self._reject(cmd.client_id, cmd.account, problem[0], problem[1])
             return
@@ -211,7 +239,15 @@ class ContingentMixin:
             if order.status == INACTIVE:
                 self._submit(order, inst)
 
-    def _oco_problem(self, legs: list[C.NewOrder], inst) -> tuple[str, str] | None:
+    def _oco_problem(self, legs: list[C.NewOrder], inst, mode: int | None = None) -> tuple[str, str] | None:
+        from .engine import _shape_problem
+
+        if mode is not None and mode not in range(len(C.OCO_MODE_NAMES)):
+            return ("invalid_order", f"OCO mode {mode} out of range")
+        for leg in legs:
+            problem = _shape_problem(leg)
+            if problem is not None:
+                return ("invalid_order", problem)
         kinds = sorted(leg.kind for leg in legs)
         if kinds not in ([LIMIT, STOP], [LIMIT, STOP_LIMIT]):
             return ("oco_legs_invalid", "an OCO needs one limit leg and one stop or stop-limit leg")
@@ -269,6 +305,8 @@ class ContingentMixin:
 
     def _bracket_problem(self, cmd: C.Bracket, inst) -> tuple[str, str] | None:
         entry = cmd.entry
+        if cmd.activation not in range(len(C.ACTIVATION_NAMES)):
+            return ("invalid_order", f"bracket activation {cmd.activation} out of range")
         if entry.kind not in (LIMIT, MARKET):
             return ("bracket_entry_invalid", "a bracket entry must be a limit or market order")
         problem = self._order_problem(entry, inst)
@@ -293,6 +331,10 @@ class ContingentMixin:
         inst = self.instruments.get(order_cmd.symbol)
         if inst is None:
             self._reject(cmd.client_id, cmd.account, "unknown_symbol", f"unknown symbol {order_cmd.symbol}")
+            return
+        malformed = _condition_problem(cmd.when, 1, [0])
+        if malformed is not None:
+            self._reject(cmd.client_id, cmd.account, "condition_invalid", malformed)
             return
         symbols: list[str] = []
         _symbols_of(cmd.when, symbols)
@@ -389,7 +431,9 @@ class ContingentMixin:
                         self._end(leg, "oco", cascade=False)
         elif isinstance(group, BracketGroup):
             if order is group.entry:
-                if order.filled == 0:
+                if not cascade:
+                    pass  # the group itself is ending its members
+                elif order.filled == 0:
                     for child in (group.tp, group.sl):
                         if _live(child):
                             self._end(child, "bracket", cascade=False)
@@ -477,6 +521,7 @@ class ContingentMixin:
             order.kind = MARKET
             order.tif = IOC
         order.status = OPEN
+        order.priority_seq = self.seq  # it enters the book now
         self._process_incoming(order, self.instruments[order.symbol])
 
     def _release_problem(self, order: Order, inst) -> str | None:
@@ -506,10 +551,12 @@ class ContingentMixin:
                 self._events.append(Rejected(self.seq, sl.client_id, sl.account, "child_rejected", problem))
                 self._end(sl, "bracket", cascade=True)
                 return
+            sl.priority_seq = self.seq
             self._submit(sl, inst)
         if tp.status == INACTIVE:
             tp.qty = target
             self._events.append(Triggered(self.seq, tp.order_id, tp.client_id, tp.symbol))
+            tp.priority_seq = self.seq
             self._submit(tp, inst)
 
     def _release_conditional(self, group: ConditionalGroup) -> None:
@@ -525,6 +572,7 @@ class ContingentMixin:
             self._events.append(Rejected(self.seq, order.client_id, order.account, "child_rejected", problem))
             self._end(order, "condition")
             return
+        order.priority_seq = self.seq
         self._submit(order, inst)
 
 

@@ -51,7 +51,7 @@ from .commands import (
     STP_NONE,
     TRAILING_STOP,
 )
-from .contingent import ContingentMixin
+from .contingent import BracketGroup, ContingentMixin
 from .events import Accepted, Amended, Cancelled, InstrumentAdded, Prevented, Rejected, Trade
 from .prorata import allocate
 from .stops import StopBook
@@ -266,7 +266,7 @@ class Engine(ContingentMixin, AuctionMixin):
                 else:
                     self._end(order, "post_only")
                     return
-        if order.tif == FOK and not self._fok_fillable(order, opp):
+        if order.tif == FOK and not self._fok_fillable(order, opp, inst.pro_rata):
             self._end(order, "fok")
             return
         self._match(order, inst, opp)
@@ -297,10 +297,9 @@ class Engine(ContingentMixin, AuctionMixin):
             order.in_call = True
             inst.call_market[order.side][order.order_id] = order
         else:
-            book = inst.book
-            (book.bids if order.side == BUY else book.asks).level_for_insert(order.price).append(order)
+            self._rest(order, inst)
 
-    def _fok_fillable(self, taker: Order, opp: BookSide) -> bool:
+    def _fok_fillable(self, taker: Order, opp: BookSide, pro_rata: bool = False) -> bool:
         """Simulate the whole match (limit price and STP) without side effects."""
         need = taker.qty
         limit = taker.price if taker.kind == LIMIT else None
@@ -312,6 +311,15 @@ class Engine(ContingentMixin, AuctionMixin):
                 return False
             if stp == STP_NONE:
                 need -= level.qty
+                if need <= 0:
+                    return True
+                continue
+            if pro_rata:
+                # A pro-rata level resolves every own order before allocating.
+                own = sum(m.qty for m in level.orders() if m.account == account)
+                if own and stp != STP_EXPIRE_MAKER:
+                    return False
+                need -= level.qty - own
                 if need <= 0:
                     return True
                 continue
@@ -558,6 +566,12 @@ class Engine(ContingentMixin, AuctionMixin):
         if (cmd.qty is not None and cmd.qty <= 0) or (cmd.price is not None and cmd.price <= 0):
             self._reject(cmd.client_id, cmd.account, "invalid_order", "replace qty and price must be positive")
             return
+        if cmd.qty is not None and isinstance(order.group, BracketGroup) and order is not order.group.entry:
+            position = order.group.entry.filled - order.group.closed
+            if cmd.qty > position:
+                self._reject(cmd.client_id, cmd.account, "invalid_order",
+                             f"a bracket child cannot exceed the open position of {position}")
+                return
         if order.status == PENDING:
             self._replace_pending(order, cmd)
             return
@@ -569,7 +583,7 @@ class Engine(ContingentMixin, AuctionMixin):
             return
         inst = self.instruments[order.symbol]
         opp = inst.book.asks if order.side == BUY else inst.book.bids
-        if order.post_only and new_price != order.price and not inst.in_call:
+        if order.post_only and new_price != order.price:
             best = opp.best
             if best is not None and (new_price >= best.price if order.side == BUY else new_price <= best.price):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
@@ -589,8 +603,8 @@ class Engine(ContingentMixin, AuctionMixin):
         order.qty = new_qty
         order.priority_seq = self.seq
         self._events.append(Amended(self.seq, order.order_id, order.client_id, new_qty, new_price, order.symbol))
-        if inst.in_call:
-            self._rest_in_call(order, inst)
+        if inst.in_call:  # no matching in a call phase: it rests at its new price
+            self._rest(order, inst)
             return
         self._match(order, inst, opp)
         if order.status != OPEN:
@@ -783,7 +797,9 @@ def _shape_problem(cmd: C.NewOrder) -> str | None:
     if kind == TRAILING_STOP:
         if (cmd.trail_amount is None) == (cmd.trail_percent_e6 is None):
             return "a trailing stop needs exactly one of trail_amount and trail_percent"
-        if (cmd.trail_amount or 1) <= 0 or not 0 < (cmd.trail_percent_e6 or 1) < 100_000_000:
+        if (cmd.trail_amount is not None and cmd.trail_amount <= 0) or (
+            cmd.trail_percent_e6 is not None and not 0 < cmd.trail_percent_e6 < 100_000_000
+        ):
             return "a trailing distance must be positive (and below 100 percent)"
     if kind in (STOP, TRAILING_STOP) and cmd.tif not in (C.GTC, GTD):
         return "a stop order must be GTC or GTD"

@@ -82,6 +82,7 @@ class Vpin:
             return
         if self.classify == VPIN_AGGRESSOR and aggressor is not None:
             fraction = ONE if aggressor == BUY else Fraction(0)
+            self.last_class = fraction  # a later same-price auction trade inherits it
         else:
             fraction = self._tick(price)
         self.last_price = price
