@@ -22,11 +22,12 @@ REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def sample_file() -> Path:
-    """The shipped sample flow (data/sample.jsonl), or one generated from the
-    seeded workload when jex runs from an installed wheel."""
-    shipped = REPO_DATA / "sample.jsonl"
-    if shipped.is_file():
-        return shipped
+    """The shipped sample flow: real Nasdaq AMZN order flow (data/), or, when
+    jex runs from an installed wheel, one generated from the seeded workload."""
+    for name in ("amzn-2021-04-12-open.jsonl", "sample.jsonl"):
+        shipped = REPO_DATA / name
+        if shipped.is_file():
+            return shipped
     from jex.workload import mixed_flow
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / "jex-sample.jsonl"
@@ -60,16 +61,20 @@ def demo(
 
     st = state(ctx)
     flow = flow or sample_file()
-    lines = [line for line in flow.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    numbered = [(n, line) for n, line in enumerate(flow.read_text().splitlines(), 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    lines = [line for _, line in numbered]
+    clock = "input" if lines and "ts" in json.loads(lines[0]) else "live"
     _fresh(directory)
-    output.diag(f"demo: {len(lines)} commands from {flow} into {directory}")
+    output.diag(f"demo: {len(lines)} commands from {flow} into {directory} (clock {clock})")
 
     # 1. A real child node, killed with SIGKILL once enough is acknowledged.
-    acked_seqs, acked_lines = _run_and_kill(directory, flow, int(len(lines) * kill_after))
+    acked_seqs, acked_numbers = _run_and_kill(directory, flow, int(len(lines) * kill_after), clock)
+    acked_lines = {i for i, (n, _) in enumerate(numbered, 1) if n in acked_numbers}
     output.diag(f"demo: SIGKILL after {len(acked_seqs)} acknowledged commands (last acked seq {max(acked_seqs, default=0)})")
 
     # 2. Recover: every acknowledged seq must be in the log.
-    with Exchange.open(directory) as node:
+    with Exchange.open(directory, clock=clock) as node:
         recovered = node.recovery.commands
         lost = sum(1 for s in acked_seqs if s > node.journal.last_seq)
         output.diag(f"demo: recovered {recovered} commands in {node.recovery.seconds * 1000:.1f} ms "
@@ -78,6 +83,8 @@ def demo(
         retry = _first_order(lines, acked_lines)
         duplicate = None
         if retry is not None:
+            if clock == "input":
+                retry = {**retry, "ts": node.ts}  # simulation time must not go back
             events = node.submit(retry)
             duplicate = events[0]["reason"] if events and events[0]["type"] == "rejected" else events
         # 3. Finish the flow from where the log ends.
@@ -124,10 +131,10 @@ def demo(
     return EXIT_OK if lost == 0 and same else EXIT_INTEGRITY
 
 
-def _run_and_kill(directory: Path, flow: Path, kill_at: int) -> tuple[list[int], set[int]]:
+def _run_and_kill(directory: Path, flow: Path, kill_at: int, clock: str) -> tuple[list[int], set[int]]:
     """Run `jex submit --results` in a child; SIGKILL it after ``kill_at`` acks."""
     cmd = [sys.executable, "-m", "jex", "--data-dir", str(directory), "submit", str(flow), "--results",
-           "--no-progress", "--batch", "64"]
+           "--no-progress", "--batch", "64", "--clock", clock]
     child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     seqs: list[int] = []
     lines: set[int] = set()
