@@ -185,6 +185,9 @@ class WClock(msgspec.Struct, tag="clock", **_WIRE):
 WireCommand = Union[WInstrument, WOrder, WCancel, WReplace, WOco, WBracket, WConditional, WAuction, WClock]
 
 _json_decoder = msgspec.json.Decoder(WireCommand)
+# Converting a dict into the union re-resolves it on every call (~17 µs);
+# dispatching on the tag first makes it ~1 µs.
+_WIRE_BY_TAG = {cls.__struct_config__.tag: cls for cls in WireCommand.__args__}
 
 
 def _msgspec_error(exc: msgspec.MsgspecError) -> CommandError:
@@ -201,7 +204,11 @@ def decode_wire(data: bytes | str | dict) -> Any:
     """Decode one JSON command (bytes/str line or already-parsed dict) to a wire Struct."""
     try:
         if isinstance(data, dict):
-            return msgspec.convert(data, WireCommand)
+            tag = data.get("type")
+            cls = _WIRE_BY_TAG.get(tag) if isinstance(tag, str) else None
+            if cls is None:
+                return msgspec.convert(data, WireCommand)  # for msgspec's own error message
+            return msgspec.convert(data, cls)
         if isinstance(data, (bytes, bytearray, memoryview, str)):
             if len(data) > LINE_BYTES_MAX:
                 raise CommandError("$", f"command longer than {LINE_BYTES_MAX} bytes")
