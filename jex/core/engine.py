@@ -183,12 +183,31 @@ class Engine(ContingentMixin, AuctionMixin):
                 cmd.client_id, cmd.account, "duplicate_client_id", f"client_id {cmd.client_id} was already used"
             )
             return
-        problem = self._order_problem(cmd, inst)
-        if problem is not None:
-            self._reject(cmd.client_id, cmd.account, problem[0], problem[1])
+        kind = cmd.kind
+        price = cmd.price
+        # Fast path: a plain GTC limit or IOC market order in continuous
+        # trading passes every check below; skip straight to it.
+        plain = (
+            cmd.qty > 0
+            and not cmd.post_only
+            and not inst.in_call
+            and (cmd.side == BUY or cmd.side == SELL)
+            and 0 <= cmd.stp <= 4
+            and (
+                (kind == LIMIT and cmd.tif == C.GTC and price is not None and price > 0)
+                or (kind == MARKET and cmd.tif == IOC and price is None)
+            )
+        )
+        if not plain:
+            problem = self._order_problem(cmd, inst)
+            if problem is not None:
+                self._reject(cmd.client_id, cmd.account, problem[0], problem[1])
+                return
+            order = self._create_order(cmd)
+            self._submit(order, inst)
             return
         order = self._create_order(cmd)
-        self._submit(order, inst)
+        self._process_incoming(order, inst)
 
     def _order_problem(self, cmd: C.NewOrder, inst: InstrumentState) -> tuple[str, str] | None:
         """Business checks an order must pass before it gets an id."""
