@@ -6,104 +6,47 @@ are pre-built internal Structs so only ``Engine.apply`` is timed.
 
     python benchmarks/engine_std.py [--commands N] [--seed S] [--stops K]
 
-Prints throughput (a timed loop without per-command clocks) and per-command
-latency percentiles (a second loop timing each apply with perf_counter_ns).
+Prints throughput (a timed loop without per-command clocks), the same with
+the GC disabled, and per-command latency percentiles from an HDR histogram
+(a second loop timing each apply with perf_counter_ns), overall and per
+kind. The workload and the passes are jex.bench's (`jex bench --section
+engine --workload std` runs the same with the full report); ``--stops``
+adds K pending stop orders far from the market to the setup.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import random
-import time
+import json
 
-from jex.core import Engine
-from jex.core import commands as C
-
-
-def std_commands(seed: int, count: int, stops: int = 0) -> list:
-    rng = random.Random(seed)
-    out: list = [C.Instrument("STD", "0.01", "1")]
-    mid = 10_000
-    live: list[tuple[str, str]] = []
-    n = 0
-    for i in range(stops):
-        side = C.SELL if i % 2 else C.BUY
-        trigger = mid - 500 - rng.randint(0, 400) if side == C.SELL else mid + 500 + rng.randint(0, 400)
-        out.append(C.NewOrder(f"s{i % 7}", f"stop{i}", "STD", side, C.STOP, rng.randint(1, 10), None, trigger))
-    while n < count:
-        n += 1
-        mid += rng.choice((-1, 0, 0, 1))
-        roll = rng.random()
-        account = f"a{rng.randrange(16)}"
-        cid = f"o{n}"
-        side = rng.randrange(2)
-        qty = rng.randint(1, 100)
-        if roll < 0.60:
-            price = mid - rng.randint(1, 20) if side == C.BUY else mid + rng.randint(1, 20)
-            out.append(C.NewOrder(account, cid, "STD", side, C.LIMIT, qty, price))
-            live.append((account, cid))
-        elif roll < 0.85:
-            if live:
-                acct, target = live.pop(rng.randrange(len(live)))
-                out.append(C.Cancel(acct, target))
-            else:
-                out.append(C.Cancel(account, "none"))
-        elif roll < 0.95:
-            price = mid + rng.randint(0, 10) if side == C.BUY else mid - rng.randint(0, 10)
-            out.append(C.NewOrder(account, cid, "STD", side, C.LIMIT, qty, price))
-            live.append((account, cid))
-        else:
-            out.append(C.NewOrder(account, cid, "STD", side, C.MARKET, qty, None, tif=C.IOC))
-    return out
-
-
-def percentile(sorted_values: list[int], q: float) -> int:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+from jex.bench.inmemory import OVERALL, engine_run
+from jex.bench.workloads import std
 
 
 def run(count: int, seed: int, stops: int) -> dict:
-    commands = std_commands(seed, count, stops)
-    gc.collect()
-    gc.disable()
-    try:
-        engine = Engine()
-        apply = engine.apply
-        started = time.perf_counter()
-        for seq, command in enumerate(commands, 1):
-            apply(command, seq, seq)
-        elapsed = time.perf_counter() - started
-        engine2 = Engine()
-        apply2 = engine2.apply
-        clock = time.perf_counter_ns
-        latencies = []
-        for seq, command in enumerate(commands, 1):
-            t0 = clock()
-            apply2(command, seq, seq)
-            latencies.append(clock() - t0)
-    finally:
-        gc.enable()
-    latencies.sort()
-    assert engine.digest() == engine2.digest()
+    workload = std(seed, count, stops)
+    result = engine_run(workload)
+    for summary in result["latency_ns"].values():
+        summary.pop("curve", None)
     return {
-        "commands": len(commands),
-        "throughput_cmd_s": round(len(commands) / elapsed),
-        "p50_ns": percentile(latencies, 0.50),
-        "p99_ns": percentile(latencies, 0.99),
-        "p999_ns": percentile(latencies, 0.999),
-        "max_ns": latencies[-1],
-        "resting": sum(lv.count for side in (engine.instruments["STD"].book.bids, engine.instruments["STD"].book.asks)
-                       for lv in side.levels.values()),
+        "commands": result["commands"],
+        "stops": stops,
+        "throughput_cmd_s": result["throughput_cmd_s"],
+        "throughput_gc_off_cmd_s": result["throughput_gc_off_cmd_s"],
+        "latency_ns": result["latency_ns"][OVERALL],
+        "latency_ns_by_kind": {k: v for k, v in result["latency_ns"].items() if k != OVERALL},
+        "digest": result["digest"],
+        "digest_matches": result["digest_matches"],
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stops", type=int, default=0)
     args = parser.parse_args()
-    print(run(args.commands, args.seed, args.stops))
+    print(json.dumps(run(args.commands, args.seed, args.stops), indent=1))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,10 @@ def decode(payload: bytes) -> dict:
         value = _decoder.decode(payload)
     except msgspec.MsgspecError as exc:
         raise FrameError("bad_request", f"$: malformed msgpack ({str(exc).splitlines()[0]})") from None
+    except UnicodeError:
+        raise FrameError("bad_request", "$: a string is not valid UTF-8") from None
+    except RecursionError:
+        raise FrameError("bad_request", "$: nested too deeply") from None
     if not isinstance(value, dict):
         raise FrameError("bad_request", f"$: expected a map, got {type(value).__name__}")
     if not isinstance(value.get("type"), str):

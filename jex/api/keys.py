@@ -122,8 +122,16 @@ class KeyStore:
             parsed = _decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             raise KeyStoreError(f"{self.path}: unreadable ({' '.join(str(exc).split())})") from None
+        except (UnicodeError, RecursionError) as exc:
+            raise KeyStoreError(f"{self.path}: unreadable ({type(exc).__name__})") from None
         if parsed.version != KEYS_FORMAT_VERSION:
             raise KeyStoreError(f"{self.path}: unknown format version {parsed.version}")
+        for record in parsed.keys:
+            try:
+                bytes.fromhex(record.salt)
+                bytes.fromhex(record.sha256)
+            except ValueError:
+                raise KeyStoreError(f"{self.path}: key {record.key_id[:32]!r} has a malformed salt or digest") from None
         return parsed.keys
 
     def add(self, account: str, admin: bool = False) -> tuple[KeyRecord, str]:

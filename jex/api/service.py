@@ -65,6 +65,10 @@ def parse_json_object(raw: bytes) -> dict:
         value = _json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"$: malformed JSON ({str(exc).splitlines()[0]})") from None
+    except UnicodeError:
+        raise ApiError(400, "$: the body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "$: nested too deeply") from None
     if not isinstance(value, dict):
         raise ApiError(400, f"$: expected a JSON object, got {type(value).__name__}")
     return value

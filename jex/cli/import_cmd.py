@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from jex.cli import output
-from jex.cli.main import EXIT_OK, EXIT_USAGE, app, state
+from jex.cli.main import EXIT_OK, EXIT_USAGE, app, check_backend, check_segment_bytes, state
 
 import_app = typer.Typer(help="Import external order flow and replay it through jex.", no_args_is_help=True)
 app.add_typer(import_app, name="import")
@@ -47,7 +47,7 @@ def lobster(
     skip_unknown: bool = typer.Option(
         False, "--skip-unknown", help="Count, but do not replay, executions of orders never added in the file."
     ),
-    backend: str = typer.Option("auto", "--backend", help="WAL writer: auto, uring or pwrite."),
+    backend: str = typer.Option("auto", "--backend", callback=check_backend, help="WAL writer: auto, uring or pwrite."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> int:
     from jex.ingest import lobster as L

@@ -24,8 +24,10 @@ def flush() -> None:
 
 
 def diag(message: str) -> None:
-    """A one-line diagnostic on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """A one-line diagnostic on stderr (control characters escaped)."""
+    from jex.core.codec import one_line
+
+    print(one_line(message), file=sys.stderr, flush=True)
 
 
 def event_text(event: dict) -> str:

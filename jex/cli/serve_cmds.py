@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from jex.cli import output
-from jex.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, app, state
+from jex.cli.main import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, app, check_backend, state
 
 keys_app = typer.Typer(help="Manage API keys (stored hashed in <data-dir>/keys.json).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -24,7 +24,7 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="HTTP port."),
     binary_port: Optional[int] = typer.Option(None, "--binary-port", min=0, max=65535,
                                               help="Port of the length-prefixed msgpack protocol (off if not given)."),
-    backend: str = typer.Option("auto", "--backend", help="WAL writer: auto, uring or pwrite."),
+    backend: str = typer.Option("auto", "--backend", callback=check_backend, help="WAL writer: auto, uring or pwrite."),
     rate: float = typer.Option(None, "--rate", min=0.001, help="Requests per second per API key (sustained)."),
     burst: float = typer.Option(None, "--burst", min=1, help="Requests per API key allowed at once."),
     switch_interval_us: Optional[float] = typer.Option(None, "--switch-interval-us", min=1, hidden=True),

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jex.cli import output
-from jex.cli.main import EXIT_OK, EXIT_USAGE, app, state
+from jex.cli.main import EXIT_OK, EXIT_USAGE, app, check_backend, check_segment_bytes, state
 from jex.core import CommandError
 from jex.core.codec import decode_wire
 
@@ -101,15 +101,15 @@ def submit(
     ctx: typer.Context,
     target: str = typer.Argument(..., help="FILE.jsonl, '-', or a command type: " + ", ".join(COMMAND_TYPES)),
     clock: str = typer.Option("live", "--clock", help="live: the sequencer stamps wall time; input: each command's own ts."),
-    backend: str = typer.Option("auto", "--backend", help="WAL writer: auto, uring or pwrite."),
+    backend: str = typer.Option("auto", "--backend", callback=check_backend, help="WAL writer: auto, uring or pwrite."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Skip commands the edge refuses instead of stopping."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr for files."),
     results: bool = typer.Option(False, "--results", help="Print one JSON line per command (index, seq, events)."),
     batch: int = typer.Option(4096, "--batch", min=1, max=4096, help="Commands per group commit (at most)."),
-    segment_bytes: Optional[int] = typer.Option(None, "--segment-bytes", hidden=True),
+    segment_bytes: Optional[int] = typer.Option(None, "--segment-bytes", hidden=True, callback=check_segment_bytes),
     check_invariants: bool = typer.Option(False, "--check-invariants", hidden=True),
 ) -> int:
-    from jex.node.exchange import Exchange
+    from jex.node.exchange import BATCH_WAIT_NS_MAX, BULK_BATCH_WAIT_NS, Exchange
 
     st = state(ctx)
     if clock not in ("live", "input"):
@@ -136,7 +136,8 @@ def submit(
         source = read_lines(target)
     interactive = target == "-" and sys.stdin.isatty()
     with Exchange.open(st.data_dir, backend=backend, clock=clock, segment_bytes=segment_bytes,
-                       batch_records_max=1 if interactive else batch, check_invariants=check_invariants) as node:
+                       batch_records_max=1 if interactive else batch, check_invariants=check_invariants,
+                       batch_wait_ns=BATCH_WAIT_NS_MAX if interactive else BULK_BATCH_WAIT_NS) as node:
         line_numbers: list[int] = []
 
         def commands():
@@ -199,7 +200,7 @@ def cancel(
     account: str = typer.Option(..., "--account", help="The account that owns the order."),
     client_id: Optional[str] = typer.Option(None, "--client-id"),
     order_id: Optional[int] = typer.Option(None, "--order-id"),
-    backend: str = typer.Option("auto", "--backend"),
+    backend: str = typer.Option("auto", "--backend", callback=check_backend),
 ) -> int:
     from jex.node.exchange import Exchange
 

@@ -40,10 +40,19 @@ LINE_BYTES_MAX = 64 * 1024  # longest JSON command accepted
 RATIO_DECIMALS = 10  # decimals printed for ratios (imbalance, VPIN, microprice)
 
 
+def one_line(text: str) -> str:
+    """Escape line breaks and other control characters so that a message
+    quoting client input stays on one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class CommandError(ValueError):
     """Malformed or invalid input at the edge. ``str()`` is one line."""
 
     def __init__(self, field: str, message: str) -> None:
+        field, message = one_line(field), one_line(message)
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
@@ -216,6 +225,10 @@ def decode_wire(data: bytes | str | dict) -> Any:
         raise CommandError("$", f"expected a JSON object, got {type(data).__name__}")
     except msgspec.MsgspecError as exc:
         raise _msgspec_error(exc) from None
+    except UnicodeError:
+        raise CommandError("$", "text is not valid UTF-8") from None
+    except RecursionError:
+        raise CommandError("$", "nested too deeply") from None
 
 
 class Catalog:

@@ -236,5 +236,10 @@ def encode_command(command: Command) -> bytes:
 
 
 def decode_command(payload: bytes | memoryview) -> Command:
-    """Decode a logged command. Raises ``msgspec.DecodeError`` (or ValidationError)."""
-    return _decoder.decode(payload)
+    """Decode a logged command. Raises ``msgspec.DecodeError`` (or ValidationError) only."""
+    try:
+        return _decoder.decode(payload)
+    except UnicodeError:
+        raise msgspec.DecodeError("a string is not valid UTF-8") from None
+    except RecursionError:
+        raise msgspec.DecodeError("nested too deeply") from None

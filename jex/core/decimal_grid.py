@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-_DECIMAL_RE = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
+_DECIMAL_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")  # fullmatch: ASCII digits, no trailing newline
 DIGITS_MAX = 30  # longest decimal string (digits) accepted anywhere
 
 
@@ -22,9 +22,9 @@ def parse_decimal(text: str) -> tuple[int, int]:
     """Parse ``text`` into (mantissa, exponent) with value = mantissa * 10**exponent."""
     if len(text) > DIGITS_MAX + 2:
         raise GridError(f"{text[:20]!r}... is too long")
-    m = _DECIMAL_RE.match(text)
+    m = _DECIMAL_RE.fullmatch(text)
     if m is None:
-        raise GridError(f"{text!r} is not a plain decimal number")
+        raise GridError(f"{text[:40]!r} is not a plain decimal number")
     sign, whole, frac = m.groups()
     frac = frac or ""
     mantissa = int(whole + frac)

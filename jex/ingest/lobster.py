@@ -146,8 +146,11 @@ def dollars(price: int) -> str:
     return f"{sign}{price // PRICE_SCALE}.{price % PRICE_SCALE:04d}"
 
 
+DIGITS_MAX = 30  # longest number accepted in a field
+
+
 def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    return len(text) <= DIGITS_MAX and text.isascii() and text.isdigit()
 
 
 def _int(text: str, name: str, line: int) -> int:

@@ -81,6 +81,7 @@ SEGMENT_REASONS = frozenset(
         "header_checksum",
         "unknown_version",
         "unknown_flags",
+        "bad_first_seq",
         "bad_padding",
         "name_mismatch",
         "genesis_chain",

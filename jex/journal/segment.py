@@ -98,6 +98,8 @@ class SegmentHeader:
             raise SegmentHeaderError("unknown_flags", f"flags 0x{flags:04x}")
         if any(data[_FIELDS.size : _CHECKSUM_AT]):
             raise SegmentHeaderError("bad_padding")
+        if first_seq < 1:
+            raise SegmentHeaderError("bad_first_seq", f"first_seq {first_seq}")
         header = cls(segid, nonce, first_seq, prev_chain, flags)
         if name is not None and name != header.file_name:
             raise SegmentHeaderError("name_mismatch", f"header says {header.file_name}")

@@ -211,6 +211,9 @@ class Journal:
     def _start(self, report: Report) -> None:
         """Act on the scan's row: continue, repair, or start a new log."""
         try:
+            # Orphans first: a repair below creates the next segment through
+            # the same temp name a preparer may have left behind.
+            self._remove_orphans(report.tmp_files)
             if report.row == "empty_log":
                 header = SegmentHeader(0, new_nonce(), 1, ZERO_CHAIN)
                 self._activate(create_segment(self._storage, self.wal_dir, header, self._segment_bytes), header)
@@ -224,7 +227,6 @@ class Journal:
                 self._finish_rollover(report.end, report.active_header)
             else:
                 raise AssertionError(f"no open action for decision-table row {report.row}")
-            self._remove_orphans(report.tmp_files)
         except OSError as error:
             raise JournalIOError(f"open ({report.row})", self.wal_dir, error) from error
         self._rollover_pending = self._needs_rollover(self._offset)

@@ -81,8 +81,8 @@ def replay_records(
             continue
         try:
             command = decode(record.payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ReplayError(seq, f"undecodable command payload: {exc}") from None
+        except (msgspec.MsgspecError, UnicodeError, RecursionError) as exc:
+            raise ReplayError(seq, f"undecodable command payload: {type(exc).__name__}: {str(exc)[:200]!r}") from None
         events = apply(command, seq, record.ts_ns)
         stats.commands += 1
         stats.events += len(events)

@@ -61,6 +61,7 @@ HEADER_CASES = {
     "bad_padding": (lambda: _resealed(lambda d: d.__setitem__(100, 1)), None),
     "name_mismatch": (lambda: SegmentHeader(1, 5, 10, CHAIN).encode(), segment_name(2, 10)),
     "genesis_chain": (lambda: SegmentHeader(0, 5, 1, CHAIN).encode(), None),
+    "bad_first_seq": (lambda: _resealed(lambda d: d.__setitem__(slice(28, 36), bytes(8))), None),
 }
 
 

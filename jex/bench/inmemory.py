@@ -1,0 +1,157 @@
+"""In-memory runs: the engine alone, and the engine with the edge codec
+(bench room).
+
+``engine_run`` times ``Engine.apply`` over a workload's pre-built Structs
+twice, on two fresh engines: a throughput pass (one clock read around the
+whole loop) and a latency pass (``perf_counter_ns`` around every apply).
+The passes are separate so the per-command clock reads (~100 ns of Python
+each) do not lower the throughput figure. Both end in the same state: their
+digests must equal the shadow engine's that built the workload, which is
+the reproducibility check.
+
+``codec_run`` is the durable runs' in-memory baseline: what the node does
+per command minus sequencing and the journal (decode the JSON dict with the
+edge codec, apply, encode each event back to a contract dict).
+
+GC: the collector stays on (the node runs with it on), but the workload's
+inputs are moved to the permanent generation first (``gc.freeze``) so the
+collector does not rescan hundreds of thousands of input dicts that no real
+node would hold.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from jex.core import Codec, Engine
+
+from .hist import summarize, summarize_with_curve
+from .workloads import Workload
+
+OVERALL = "all"  # the per-kind latency key of all timed commands together
+
+
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Collect, then keep everything allocated so far out of GC scans."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _setup_engine(workload: Workload) -> Engine:
+    engine = Engine()
+    commands, stamps = workload.commands, workload.ts
+    for i in range(workload.setup):
+        engine.apply(commands[i], i + 1, stamps[i])
+    return engine
+
+
+def _throughput_pass(workload: Workload) -> tuple[float, str]:
+    """Seconds to apply the timed commands to a fresh engine, and its digest."""
+    commands, stamps, first = workload.commands, workload.ts, workload.setup
+    engine = _setup_engine(workload)
+    apply = engine.apply
+    started = time.perf_counter()
+    for i in range(first, len(commands)):
+        apply(commands[i], i + 1, stamps[i])
+    seconds = time.perf_counter() - started
+    return seconds, engine.digest()
+
+
+def engine_run(workload: Workload, rounds: int = 1) -> dict:
+    """Throughput and per-kind latency of ``Engine.apply`` on ``workload``.
+
+    Returns ``{"commands", "seconds", "throughput_cmd_s",
+    "throughput_gc_off_cmd_s", "rounds_cmd_s", "rounds_gc_off_cmd_s",
+    "latency_ns": {"all": summary, <label>: summary, ...}, "digest",
+    "digest_matches"}``. The throughput pass runs ``rounds`` times,
+    alternating with a pass with the collector disabled (what the cyclic
+    GC costs the engine); the figures are medians.
+    """
+    commands, stamps, first = workload.commands, workload.ts, workload.setup
+    timed = len(commands) - first
+    on: list[float] = []
+    off: list[float] = []
+    digests = set()
+    for _ in range(max(1, rounds)):
+        with frozen_heap():
+            seconds, digest = _throughput_pass(workload)
+        on.append(seconds)
+        digests.add(digest)
+        with frozen_heap():
+            gc.disable()
+            try:
+                seconds_gc_off, digest = _throughput_pass(workload)
+            finally:
+                gc.enable()
+        off.append(seconds_gc_off)
+        digests.add(digest)
+    seconds, seconds_gc_off = statistics.median(on), statistics.median(off)
+    with frozen_heap():
+        engine = _setup_engine(workload)
+        apply = engine.apply
+        clock = time.perf_counter_ns
+        latencies = [0] * (len(commands) - first)
+        for i in range(first, len(commands)):
+            t0 = clock()
+            apply(commands[i], i + 1, stamps[i])
+            latencies[i - first] = clock() - t0
+        digest_latency = engine.digest()
+        del engine, apply
+    by_kind: dict[str, list[int]] = {}
+    for label, value in zip(workload.labels[first:], latencies):
+        by_kind.setdefault(label, []).append(value)
+    return {
+        "commands": timed,
+        "seconds": round(seconds, 4),
+        "throughput_cmd_s": _rate(timed, seconds),
+        "throughput_gc_off_cmd_s": _rate(timed, seconds_gc_off),
+        "rounds_cmd_s": [_rate(timed, s) for s in on],
+        "rounds_gc_off_cmd_s": [_rate(timed, s) for s in off],
+        "latency_ns": {OVERALL: summarize_with_curve(latencies), **{k: summarize(v) for k, v in by_kind.items()}},
+        "digest": digest_latency,
+        "digest_matches": digests == {digest_latency} == {workload.digest},
+    }
+
+
+def _rate(count: int, seconds: float) -> int:
+    return round(count / seconds) if seconds > 0 else 0
+
+
+def codec_run(workload: Workload) -> dict:
+    """Throughput of edge codec + ``Engine.apply`` + event encoding on the
+    workload's JSON dicts (the in-memory twin of a durable run).
+
+    Returns ``{"commands", "seconds", "throughput_cmd_s", "events"}``.
+    """
+    dicts, stamps, first = workload.dicts, workload.ts, workload.setup
+    with frozen_heap():
+        engine = Engine()
+        codec = Codec.for_engine(engine)
+        for i in range(first):
+            command, _ = codec.command(dicts[i])
+            engine.apply(command, i + 1, stamps[i])
+        decode, apply, encode_event = codec.command, engine.apply, codec.event
+        produced = 0
+        started = time.perf_counter()
+        for i in range(first, len(dicts)):
+            command, input_ts = decode(dicts[i])
+            events = apply(command, i + 1, i + 1 if input_ts is None else input_ts)
+            produced += len([encode_event(e) for e in events])
+        seconds = time.perf_counter() - started
+        del engine, codec, decode, apply, encode_event
+    timed = len(dicts) - first
+    return {
+        "commands": timed,
+        "seconds": round(seconds, 4),
+        "throughput_cmd_s": round(timed / seconds) if seconds > 0 else 0,
+        "events": produced,
+    }
