@@ -104,14 +104,7 @@ def last_seq(data_dir: Path) -> int:
 # Defects already reported (each has a strict xfail below): the "internal
 # error" lines they print. The argv fuzz steps around exactly these so it
 # keeps hunting; delete an entry when its xfail turns into an XPASS failure.
-KNOWN_INTERNAL_ERRORS = {
-    "bad_backend_name": re.compile(r"internal error: ValueError: unknown journal backend"),
-    "bad_segment_bytes": re.compile(r"internal error: ValueError: segment_bytes"),
-    "unicode_digit_point": re.compile(r"internal error: ValueError: invalid literal for int\(\) with base 10"),
-    "audit_id_overflow": re.compile(r"internal error: error: (int too large|argument out of range)"),
-    "audit_empty_key": re.compile(r"internal error: BadValsizeError"),
-    "int_digits_limit": re.compile(r"internal error: ValueError: Exceeds the limit \(4300 digits\)"),
-}
+KNOWN_INTERNAL_ERRORS: dict = {}  # every defect it once listed is fixed
 
 
 def known_internal_error(err: str) -> str | None:
@@ -462,9 +455,6 @@ def test_off_grid_value_with_newline_is_a_one_line_diagnostic(template, tmp_path
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="--at/--to/--since/--until/--cursor with a Unicode digit ('²', 'seq:²', "
-                                       "'²:0') exit 1 'internal error: ValueError: invalid literal for int()' "
-                                       "(parse_point/parse_cursor use str.isdigit then int)")
 @pytest.mark.parametrize("argv", [["book", "JEX", "--at", "²"], ["replay", "--to", "seq:²"],
                                   ["audit", "range", "1", "²"], ["audit", "trades", "JEX", "--cursor", "²:0"]])
 def test_unicode_digit_points_are_bad_usage(template, tmp_path_factory, argv):
@@ -473,16 +463,14 @@ def test_unicode_digit_points_are_bad_usage(template, tmp_path_factory, argv):
     assert code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="`jex audit order 99999999999999999999999` exits 1 'internal error: error: "
-                                       "int too large to convert' (struct.pack of an LMDB key)")
+
 def test_audit_order_id_out_of_range_is_bad_usage(template, tmp_path_factory):
     code, out, err = jex(fresh_copy(template, tmp_path_factory), ["audit", "order", "9" * 23])
     check_contract(code, out, err)
     assert code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="--backend with an unknown name (submit, cancel, snapshot, import) exits 1 "
-                                       "'internal error: ValueError: unknown journal backend' instead of 2")
+
 def test_unknown_backend_name_is_bad_usage(template, tmp_path_factory):
     data_dir = fresh_copy(template, tmp_path_factory)
     code, out, err = jex(data_dir, ["cancel", "--account", "A", "--client-id", "x", "--backend", "bogus"])
@@ -490,8 +478,7 @@ def test_unknown_backend_name_is_bad_usage(template, tmp_path_factory):
     assert code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="`jex submit ... --segment-bytes 5` (hidden option) exits 1 'internal error: "
-                                       "ValueError: segment_bytes ...' instead of 2")
+
 def test_bad_segment_bytes_is_bad_usage(template, tmp_path_factory):
     data_dir = fresh_copy(template, tmp_path_factory)
     code, out, err = jex(data_dir, ["submit", "clock", "--segment-bytes", "5"])
@@ -499,8 +486,6 @@ def test_bad_segment_bytes_is_bad_usage(template, tmp_path_factory):
     assert code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="`jex audit account ''` and `jex audit trades ''` exit 1 'internal error: "
-                                       "BadValsizeError: mdb_cursor_get: MDB_BAD_VALSIZE' (an empty LMDB key)")
 @pytest.mark.parametrize("argv", [["audit", "account", ""], ["audit", "trades", ""]])
 def test_audit_empty_name_is_bad_usage(template, tmp_path_factory, argv):
     code, out, err = jex(fresh_copy(template, tmp_path_factory), argv)
@@ -508,9 +493,7 @@ def test_audit_empty_name_is_bad_usage(template, tmp_path_factory, argv):
     assert code in (0, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="`--cursor <5000 digits>:0` exits 1 'internal error: ValueError: Exceeds the "
-                                       "limit (4300 digits) for integer string conversion' (parse_cursor has no "
-                                       "length bound)")
+
 def test_cursor_with_a_huge_number_is_bad_usage(template, tmp_path_factory):
     code, out, err = jex(fresh_copy(template, tmp_path_factory), ["audit", "trades", "JEX", "--cursor", "9" * 5000 + ":0"])
     check_contract(code, out, err)

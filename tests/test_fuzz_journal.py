@@ -517,11 +517,7 @@ def test_cli_on_damaged_directories_exits_0_or_3_naming_the_damage(template, tmp
 # --- defects found by this fuzzer (strict xfail) -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the read side (`jex replay`, `book`, `orders`, ...) walks only the last segment "
-                                       "(recover.log_end): with the newest segment file deleted the log ends at the "
-                                       "previous SEAL, and they exit 0 with a state missing that segment's "
-                                       "acknowledged records, while `jex journal verify` says corrupt "
-                                       "(successor_missing) and the node refuses to start")
+
 def test_read_side_refuses_a_log_whose_newest_segment_is_missing(template, tmp_path_factory):
     root = fresh_copy(template, tmp_path_factory)
     damage.segment_paths(root / "wal")[-1].unlink()

@@ -106,10 +106,7 @@ def load_anything(path: Path) -> None:
 
 
 def known_defect(error: BaseException) -> str | None:
-    """store.load lets restore's leniency through: a checksummed body whose
-    values have the wrong types restores, then digest()/the seq comparison
-    raise TypeError outside the typed refusal (strict xfail below)."""
-    return "restored_state_type_error" if isinstance(error, TypeError) else None
+    return None  # the defect it once named (TypeError from a wrong-typed body) is fixed
 
 
 # --- header decoding ------------------------------------------------------------------------------------
@@ -420,9 +417,6 @@ def test_pruned_log_with_every_snapshot_damaged_refuses_with_exit_3(tmp_path):
 # --- defects found by this fuzzer (strict xfail) -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="store.load: a checksummed body whose exported seq (or a price, ...) has the wrong type "
-                          "restores, then `engine.seq > header.seq` / digest() raise TypeError, not SnapshotError")
 @pytest.mark.parametrize("edit", ["seq", "group_id", "registry_account"])
 def test_checksummed_body_with_wrong_types_is_a_snapshot_error(tmp_path, edit):
     state = copy.deepcopy(STATE)  # [STATE_VERSION, next_id, seq, ts, instruments, orders, groups, registry]
@@ -438,9 +432,7 @@ def test_checksummed_body_with_wrong_types_is_a_snapshot_error(tmp_path, edit):
         store.load(path)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="recovery crashes (TypeError from store.load) on a newest snapshot whose checksums and "
-                          "chain are right but whose body has a wrong-typed seq, instead of falling back")
+
 def test_recovery_falls_back_past_a_checksummed_body_with_wrong_types(node_dir, tmp_path):
     from jex.replay.recover import recover, wal_view
 

@@ -63,6 +63,24 @@ def state(ctx: typer.Context) -> CliState:
     return ctx.find_root().obj
 
 
+def check_backend(value: str) -> str:
+    """Typer callback: a journal writer backend name."""
+    from jex.journal.backends import BACKEND_KINDS
+
+    if value not in BACKEND_KINDS:
+        raise typer.BadParameter(f"must be one of {', '.join(BACKEND_KINDS)}")
+    return value
+
+
+def check_segment_bytes(value: Optional[int]) -> Optional[int]:
+    """Typer callback: a WAL segment size within the journal's limits."""
+    from jex.journal.limits import SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN
+
+    if value is not None and not SEGMENT_BYTES_MIN <= value <= SEGMENT_BYTES_MAX:
+        raise typer.BadParameter(f"must be {SEGMENT_BYTES_MIN}..{SEGMENT_BYTES_MAX} bytes")
+    return value
+
+
 # --------------------------------------------------------------------- submit
 
 from jex.cli import submit as _submit  # noqa: E402  (registers commands on app)
@@ -71,8 +89,14 @@ from jex.cli import demo as _demo  # noqa: E402
 from jex.cli import journal_cmds as _journal_cmds  # noqa: E402
 from jex.cli import conformance_cmd as _conformance_cmd  # noqa: E402
 from jex.cli import import_cmd as _import_cmd  # noqa: E402
+from jex.cli import serve_cmds as _serve_cmds  # noqa: E402
+from jex.cli import snapshot_cmds as _snapshot_cmds  # noqa: E402
+from jex.cli import audit_cmds as _audit_cmds  # noqa: E402
+from jex.cli import drill_cmd as _drill_cmd  # noqa: E402
+from jex.cli import bench_cmd as _bench_cmd  # noqa: E402
 
-_ = (_submit, _reads, _demo, _journal_cmds, _conformance_cmd, _import_cmd)
+_ = (_submit, _reads, _demo, _journal_cmds, _conformance_cmd, _import_cmd, _serve_cmds, _snapshot_cmds, _audit_cmds,
+     _drill_cmd, _bench_cmd)
 
 
 # ---------------------------------------------------------------------- entry

@@ -1,7 +1,10 @@
 """Read commands: book, orders, trades, stats, replay (cli room).
 
 They rebuild state from the log read-only (no writer lock), so they work
-beside a running node and never change the data directory.
+beside a running node and never change the data directory. A rebuild
+starts at the nearest usable snapshot at or before the point asked for
+(jex.replay.timetravel) and replays the rest; without one it replays from
+genesis. `trades` starts as early as it can (it wants the longest history).
 """
 
 from __future__ import annotations
@@ -16,14 +19,30 @@ from jex.cli.main import EXIT_INTEGRITY, EXIT_OK, EXIT_USAGE, app, state
 from jex.core import Codec
 
 
-def _rebuild(ctx: typer.Context, at: Optional[int] = None, on_events=None):
-    from jex.replay.rebuild import rebuild
+AT_HELP = "State after this seq, or at this time (ISO-8601, or ns since the epoch); see `jex replay --help`."
+
+
+def _rebuild(ctx: typer.Context, at: Optional[str] = None, on_events=None, *, earliest: bool = False):
+    """The state now or at a past point, from the nearest usable snapshot at
+    or before it plus replay (genesis when there is none)."""
+    from jex.replay.recover import RecoveryError
+    from jex.replay.timetravel import PointError, parse_point, state_at
 
     st = state(ctx)
     if not (st.data_dir / "wal").is_dir():
         raise typer.BadParameter(f"{st.data_dir} holds no journal (nothing submitted yet?)", param_hint="--data-dir")
-    engine, stats = rebuild(st.data_dir, to_seq=at, on_events=on_events)
-    return st, engine, stats
+    try:
+        point = parse_point(at) if at is not None else None
+    except PointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--at") from None
+    try:
+        recovered = state_at(st.data_dir, point, earliest=earliest, on_events=on_events, notify=output.diag)
+    except RecoveryError as exc:
+        if point is None:
+            raise  # the present state cannot be rebuilt: an integrity failure (exit 3)
+        output.diag(f"jex: bad input: --at {at}: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    return st, recovered.engine, recovered.stats
 
 
 def _unknown_symbol(symbol: str) -> int:
@@ -36,7 +55,7 @@ def book(
     ctx: typer.Context,
     symbol: str = typer.Argument(...),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, help="Levels per side."),
-    at: Optional[int] = typer.Option(None, "--at", min=0, help="State after this seq (time travel)."),
+    at: Optional[str] = typer.Option(None, "--at", help=AT_HELP),
 ) -> int:
     st, engine, _ = _rebuild(ctx, at)
     raw = engine.book(symbol, depth)
@@ -55,7 +74,7 @@ def orders(
     ctx: typer.Context,
     account: Optional[str] = typer.Option(None, "--account"),
     symbol: Optional[str] = typer.Option(None, "--symbol"),
-    at: Optional[int] = typer.Option(None, "--at", min=0, help="State after this seq (time travel)."),
+    at: Optional[str] = typer.Option(None, "--at", help=AT_HELP),
 ) -> int:
     from jex.node.exchange import order_dict
 
@@ -86,7 +105,7 @@ def trades(
             if type(event) is Trade and event.symbol == symbol:
                 recent.append(event)
 
-    st, engine, _ = _rebuild(ctx, on_events=keep)
+    st, engine, _ = _rebuild(ctx, on_events=keep, earliest=True)
     if symbol not in engine.instruments:
         return _unknown_symbol(symbol)
     codec = Codec.for_engine(engine)
@@ -104,7 +123,7 @@ def trades(
 def stats(
     ctx: typer.Context,
     symbol: str = typer.Argument(...),
-    at: Optional[int] = typer.Option(None, "--at", min=0, help="State after this seq (time travel)."),
+    at: Optional[str] = typer.Option(None, "--at", help=AT_HELP),
 ) -> int:
     st, engine, _ = _rebuild(ctx, at)
     raw = engine.stats(symbol)
@@ -118,22 +137,50 @@ def stats(
     return EXIT_OK
 
 
-@app.command(help="Rebuild state from the log; print the state digest, counts and speed.")
+@app.command(help=(
+    "Rebuild state from the log; print the state digest, counts and speed. Starts at genesis while the log "
+    "still starts at seq 1, else at the nearest snapshot (--from-snapshot forces that). --verify proves genesis "
+    "replay == every retained snapshot + tail == recovery, by digest (exit 3 on any mismatch). "
+    "--to and --at take a seq (1200, seq:1200) or a time (ISO-8601, ns:N; a bare N >= 10^15 is ns)."
+))
 def replay(
     ctx: typer.Context,
-    from_genesis: bool = typer.Option(True, "--from-genesis", help="Replay every record from the first."),
-    to: Optional[int] = typer.Option(None, "--to", min=0, help="Stop after this seq."),
-    verify: bool = typer.Option(False, "--verify", help="Replay twice and compare digests (exit 3 on mismatch)."),
+    from_genesis: Optional[bool] = typer.Option(
+        None, "--from-genesis/--from-snapshot", help="Replay every record from the first, or start at the nearest snapshot."
+    ),
+    to: Optional[str] = typer.Option(None, "--to", help="Stop after this seq (or at this time)."),
+    verify: bool = typer.Option(False, "--verify", help="Genesis replay == each snapshot + tail == recovery (exit 3 on mismatch)."),
 ) -> int:
-    st, engine, stats = _rebuild(ctx, to)
-    digest = engine.digest()
+    from jex.replay.recover import RecoveryError, wal_view
+    from jex.replay.timetravel import PointError, parse_point, state_at
+
+    st = state(ctx)
+    if not (st.data_dir / "wal").is_dir():
+        raise typer.BadParameter(f"{st.data_dir} holds no journal (nothing submitted yet?)", param_hint="--data-dir")
+    try:
+        point = parse_point(to) if to is not None else None
+    except PointError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--to") from None
+    first = wal_view(st.data_dir / "wal").first_seq
+    if from_genesis and first > 1:
+        output.diag(f"jex: bad input: the log starts at seq {first} (pruned after a snapshot): use --from-snapshot")
+        return EXIT_USAGE
+    try:
+        recovered = state_at(st.data_dir, point, use_snapshots=from_genesis is not True, earliest=from_genesis is None,
+                             notify=output.diag)
+    except RecoveryError as exc:
+        output.diag(f"jex: integrity failure: {exc}")
+        return EXIT_INTEGRITY
+    engine, stats = recovered.engine, recovered.stats
     report = {
-        "seq": stats.last_seq,
+        "seq": recovered.seq,
+        "start": recovered.start.name,
         "records": stats.records,
         "commands": stats.commands,
         "events": stats.events,
-        "digest": digest,
-        "seconds": round(stats.seconds, 6),
+        "digest": engine.digest(),
+        "seconds": round(recovered.seconds, 6),
+        "replay_seconds": round(stats.seconds, 6),
         "commands_per_second": round(stats.commands_per_second),
         "commands_by_type": stats.kinds,
     }
@@ -141,7 +188,11 @@ def replay(
     if verify:
         from jex.replay.verify import verify_replay
 
-        check = verify_replay(st.data_dir, to_seq=to)
+        try:
+            check = verify_replay(st.data_dir, to_seq=recovered.seq)
+        except RecoveryError as exc:
+            output.diag(f"jex: integrity failure: {exc}")
+            return EXIT_INTEGRITY
         report["verify"] = check.as_dict()
         if not check.ok:
             status = EXIT_INTEGRITY
@@ -151,7 +202,11 @@ def replay(
         shown = {k: v for k, v in report.items() if k not in ("commands_by_type", "verify")}
         output.stdout.print(output.kv_table("replay", shown))
         if verify:
-            output.stdout.print(output.kv_table("verify", report["verify"]))
+            check_view = report["verify"]
+            output.stdout.print(output.kv_table("verify", {k: v for k, v in check_view.items() if k != "snapshots"}))
+            if check_view["snapshots"]:
+                output.stdout.print(output.dict_table("snapshots", check_view["snapshots"]))
     if status != EXIT_OK:
-        output.diag("jex: integrity failure: replays disagree")
+        problems = report["verify"]["problems"]
+        output.diag("jex: integrity failure: replays disagree" + (f" ({problems[0]})" if problems else ""))
     return status
