@@ -51,7 +51,7 @@ SEGMENT_CHOICES = (SEGMENT_SMALL_BYTES, SEGMENT_LARGE_BYTES)
 BATCH_CHOICES = (1, 8, 64, 4096)  # `jex submit --batch`
 SNAPSHOT_EVERY_CHOICES = (0, 120, 300)  # seqs between automatic snapshots (0: none)
 RECORDS_PER_SMALL_SEGMENT = 70  # commands a 16 KiB segment holds before it rolls over (measured: records average 117 B)
-COMMANDS_PER_LARGE_BATCH = 80  # commands one batch of a 320 KiB segment holds at most (its 9,448-byte bound)
+RECORD_FRAMED_BYTES_MIN = 96  # the smallest logged command with its 80-byte header and padding
 RESUBMITS_MAX = 10  # acknowledged orders resubmitted after each recovery
 CONTINUE_LINES = 40  # lines of the flow submitted after each recovery
 COMMANDS_DEFAULT = 600  # flow length of one run (plus instrument definitions)
@@ -127,9 +127,10 @@ class Run:
     def batch_commands(self) -> int:
         """How many commands one batch of this configuration holds at most
         (so that len(lines) // batch_commands() batches surely happen)."""
-        if self.segment_bytes < SEGMENT_LARGE_BYTES:
-            return 1
-        return max(1, min(self.batch, COMMANDS_PER_LARGE_BATCH))
+        from jex.journal.writer import default_batch_bytes_max
+
+        by_bytes = default_batch_bytes_max(self.segment_bytes) // RECORD_FRAMED_BYTES_MIN
+        return max(1, min(self.batch, by_bytes))
 
     def note(self, text: str) -> None:
         self._outcome.append(text)

@@ -18,6 +18,7 @@ from typing import Callable
 
 from jex.drill.child import run_jex, run_submit
 from jex.drill.harness import (
+    BATCH_CHOICES,
     CONTINUE_LINES,
     RECORDS_PER_SMALL_SEGMENT,
     SEGMENT_CHOICES,
@@ -275,7 +276,7 @@ def bitflip(run: Run) -> None:
     refuses to start (JournalCorrupt, not merely unproven), and no file
     changes. In the newest snapshot (a quarter of the runs that have one):
     recovery falls back to an older start and reaches the same state."""
-    run.configure()
+    run.configure(batch=run.rng.choice(BATCH_CHOICES[:-1]))  # several batches, so a flip can precede a later one
     run.history(len(run.lines))
     copy = run.workdir / "copy"
     shutil.copytree(run.data, copy)

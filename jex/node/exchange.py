@@ -55,6 +55,7 @@ BATCH_RECORDS_MAX = 4096  # commands per group commit
 BATCH_BYTES_MAX = 1 << 20  # encoded bytes per group commit
 BATCH_WAIT_NS_MAX = 200_000  # a batch closes this long after its first command (live default)
 BULK_BATCH_WAIT_NS = 20_000_000  # for bulk input (files, imports): fill batches, not latency
+_END = object()  # end of input
 COMMAND_FRAMED_BYTES_MAX = 80 + 96 * 1024  # one logged command at most (header + payload + padding)
 TRADES_KEPT = 1000  # recent trades kept per symbol for `jex trades`
 
@@ -103,6 +104,7 @@ class Exchange:
         self.batch_records_max = batch_records_max
         self.batch_bytes_max = batch_bytes_max
         self.batch_wait_ns = BATCH_WAIT_NS_MAX
+        self._carry = None  # a prepared command waiting for the next batch
         self.check_invariants = check_invariants
         self.seq = journal.last_seq
         self.ts = journal.last_ts
@@ -260,6 +262,7 @@ class Exchange:
         # keeps latency low while waiting for input that trickles in.
         timed = not isinstance(commands, (list, tuple))
         source = iter(commands)
+        self._carry = None  # nothing carried over from an abandoned call
         index = 0
         in_flight: list[Result] | None = None
         stopped = False
@@ -298,42 +301,62 @@ class Exchange:
 
     def _build_batch(self, source: Iterator, index: int, stop_on_error: bool = False,
                      timed: bool = True) -> tuple[list[Result], list[tuple[int, int, bytes]]]:
-        """Validate, sequence, encode and apply up to one batch of commands."""
+        """Validate, sequence, encode and apply up to one batch of commands.
+
+        A command is encoded before it is applied, so a command that would
+        push the batch past the journal's byte bound is carried, unapplied,
+        into the next batch.
+        """
         results: list[Result] = []
         entries: list[tuple[int, int, bytes]] = []
         size = 0  # framed bytes (headers and padding included), as the journal counts them
-        # Close the batch while one more command of the largest size still fits.
-        bytes_max = max(0, min(self.batch_bytes_max, self.journal.batch_bytes_max) - COMMAND_FRAMED_BYTES_MAX)
+        bytes_max = min(self.batch_bytes_max, self.journal.batch_bytes_max)
         wait_ns = self.batch_wait_ns if timed else 1 << 62
         started = time.monotonic_ns()
         # The journal may have reserved a seq for a SEAL (a rollover decided
         # by the previous submit): stamp this batch from its next_seq.
         self.seq = self.journal.next_seq - 1
-        for raw in source:
-            result, entry = self._one(raw, index + len(results))
-            results.append(result)
-            if entry is not None:
+        while True:
+            if self._carry is not None:
+                prepared, self._carry = self._carry, None
+            else:
+                raw = next(source, _END)
+                if raw is _END:
+                    break
+                prepared = self._prepare(raw, index + len(results))
+            if isinstance(prepared, Result):  # refused at the edge: never logged
+                results.append(prepared)
+                if stop_on_error:
+                    break
+            else:
+                framed = record_bytes(len(prepared[3]))
+                if entries and size + framed > bytes_max:
+                    self._carry = prepared
+                    break
+                result, entry = self._commit(prepared)
+                results.append(result)
                 entries.append(entry)
-                size += record_bytes(len(entry[2]))
-            elif stop_on_error:
-                break
-            if (
-                len(results) >= self.batch_records_max
-                or size >= bytes_max
-                or time.monotonic_ns() - started > wait_ns
-            ):
+                size += framed
+            if len(results) >= self.batch_records_max or time.monotonic_ns() - started > wait_ns:
                 break
         return results, entries
 
-    def _one(self, raw, index: int) -> tuple[Result, tuple[int, int, bytes] | None]:
+    def _prepare(self, raw, index: int):
+        """Decode, stamp and encode one command: a refusal Result, or
+        (index, command, ts, payload) ready to apply."""
         try:
             command, input_ts = self.codec.command(raw)
             ts = self._stamp(input_ts)
         except CommandError as exc:
-            return Result(index, None, [], exc), None
+            return Result(index, None, [], exc)
         payload = encode_command(command)
         if record_bytes(len(payload)) > min(COMMAND_FRAMED_BYTES_MAX, self.journal.batch_bytes_max):
-            return Result(index, None, [], CommandError("$", f"command encodes to {len(payload)} bytes, too large to log")), None
+            return Result(index, None, [], CommandError("$", f"command encodes to {len(payload)} bytes, too large to log"))
+        return (index, command, ts, payload)
+
+    def _commit(self, prepared) -> tuple[Result, tuple[int, int, bytes]]:
+        """Apply a prepared command at the next seq; its record entry."""
+        index, command, ts, payload = prepared
         seq = self.seq + 1
         events = self.engine.apply(command, seq, ts)
         self.seq = seq
