@@ -408,13 +408,8 @@ class ContingentMixin:
         for child in (group.tp, group.sl):
             if not _live(child):
                 continue
-            level = child.level
-            if level is not None:
-                level.unlink(child)
-                if level.count == 0:
-                    (inst.book.bids if child.side == BUY else inst.book.asks).remove_level(level)
-                if inst.top[child.side] == child.order_id:
-                    inst.top[child.side] = None
+            if child.level is not None:
+                self._unrest(child, inst)
                 child.qty += qty
                 child.priority_seq = self.seq
                 self._rest(child, inst)

@@ -513,13 +513,8 @@ class Engine(ContingentMixin, AuctionMixin):
         status = order.status
         inst = self.instruments[order.symbol]
         if status == OPEN:
-            level = order.level
-            if level is not None:
-                level.unlink(order)
-                if level.count == 0:
-                    (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
-                if inst.top[order.side] == order.order_id:
-                    inst.top[order.side] = None
+            if order.level is not None:
+                self._unrest(order, inst)
             elif order.in_call:
                 del inst.call_market[order.side][order.order_id]
                 order.in_call = False
@@ -530,6 +525,16 @@ class Engine(ContingentMixin, AuctionMixin):
         del self.orders[order.order_id]
         if order.group is not None:
             self._on_member_end(order, reason, cascade)
+
+    def _unrest(self, order: Order, inst: InstrumentState) -> None:
+        """Take a resting order off its level (dropping an emptied level and
+        its TOP status). O(1), plus O(log L) when the level empties."""
+        level = order.level
+        level.unlink(order)
+        if level.count == 0:
+            (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
+        if inst.top[order.side] == order.order_id:
+            inst.top[order.side] = None
 
     def _shrink(self, order: Order, qty: int) -> None:
         """Reduce a live order's open quantity in place (keeps priority)."""
@@ -612,12 +617,7 @@ class Engine(ContingentMixin, AuctionMixin):
                         cmd.client_id, cmd.account, "post_only_would_cross", "the new price would cross the book"
                     )
                     return
-        level = order.level
-        level.unlink(order)
-        if level.count == 0:
-            (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
-        if inst.top[order.side] == order.order_id:
-            inst.top[order.side] = None
+        self._unrest(order, inst)
         order.price = new_price
         order.qty = new_qty
         order.priority_seq = self.seq

@@ -26,31 +26,9 @@ from .stops import export_stops, restore_stops
 
 STATE_VERSION = 1
 
-_ORDER_FIELDS = (
-    "order_id",
-    "client_id",
-    "account",
-    "symbol",
-    "side",
-    "kind",
-    "price",
-    "qty",
-    "filled",
-    "tif",
-    "expire_at",
-    "post_only",
-    "stp",
-    "status",
-    "priority_seq",
-    "trigger",
-    "trail_amount",
-    "trail_percent_e6",
-    "activation_price",
-    "extreme",
-    "entry_seq",
-    "orig_qty",
-    "in_call",
-)
+# Every Order slot except the links a restore rebuilds (queue pointers,
+# level, trailing group, group).
+_ORDER_FIELDS = tuple(f for f in Order.__slots__ if f not in ("prev", "next", "level", "trail_group", "group"))
 
 _condition_decoder = msgspec.msgpack.Decoder(C.Condition)
 _instrument_decoder = msgspec.msgpack.Decoder(C.Instrument)
