@@ -63,7 +63,10 @@ def run_child(wal: Path, backend: str, batches: int, killpoint: str | None, *, k
         time.sleep(kill_after_s)
         child.send_signal(signal.SIGKILL)
     out, err = child.communicate(timeout=60)
-    acked = [int(line.split()[1]) for line in out.splitlines() if line.startswith("ACK")]
+    # Only complete lines count: a SIGKILL can cut the child's last line short.
+    complete = out.split("\n")[:-1]
+    acked = [int(parts[1]) for parts in (line.split() for line in complete)
+             if len(parts) == 2 and parts[0] == "ACK" and parts[1].isdigit()]
     return child.returncode, acked, out, err
 
 
