@@ -542,10 +542,12 @@ def test_reference_engine_matches_example_7a(stp, trades, cancelled, bids, asks)
 # -------------------- reproducers: fixed disagreements (regressions), known ones (strict xfail)
 
 
-def assert_engines_agree(commands: list) -> None:
-    """Apply an explicit command list (seq 1.., ts 1000+seq) to both engines, comparing every step."""
+def assert_engines_agree(commands: list) -> tuple[Engine, ReferenceEngine, list[list]]:
+    """Apply an explicit command list (seq 1.., ts 1000+seq) to both engines, comparing every step;
+    returns both engines and the events of each command."""
     fast, ref = Engine(), ReferenceEngine()
-    symbols = []
+    symbols: list[str] = []
+    all_events = []
     for seq, cmd in enumerate(commands, start=1):
         ts = 1_000 + seq
         fast_events, ref_events = fast.apply(cmd, seq, ts), ref.apply(cmd, seq, ts)
@@ -559,6 +561,8 @@ def assert_engines_agree(commands: list) -> None:
             assert fast.stats(symbol) == ref.stats(symbol), (seq, symbol, fast.stats(symbol), ref.stats(symbol))
         assert fast_open_orders(fast) == ref.open_orders(), (seq, fast_open_orders(fast), ref.open_orders())
         fast.check_invariants()
+        all_events.append(ref_events)
+    return fast, ref, all_events
 
 
 def test_regression_nonpositive_limit_price():

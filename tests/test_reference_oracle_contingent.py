@@ -87,7 +87,7 @@ from jex.core import Engine
 from jex.core import commands as C
 from jex.core import events as E
 from reference_engine import ReferenceEngine, live
-from test_reference_oracle import ACCOUNTS, Harness, comparable, fast_open_orders
+from test_reference_oracle import ACCOUNTS, Harness, assert_engines_agree
 
 N = C.NewOrder
 INSTRUMENTS_X = (
@@ -629,26 +629,7 @@ def test_seeded_mixed_stream(seed):
 # --------------------------------------------------------- explicit examples
 
 
-def run_both(commands: list) -> tuple[Engine, ReferenceEngine, list[list]]:
-    """Apply commands (seq 1.., ts 1000+seq) to both engines, comparing every step; returns the events."""
-    fast, ref = Engine(), ReferenceEngine()
-    symbols: list[str] = []
-    all_events = []
-    for seq, cmd in enumerate(commands, start=1):
-        ts = 1_000 + seq
-        fast_events, ref_events = fast.apply(cmd, seq, ts), ref.apply(cmd, seq, ts)
-        assert comparable(fast_events) == comparable(ref_events), (seq, cmd, fast_events, ref_events)
-        if isinstance(cmd, C.Instrument) and cmd.symbol not in symbols:
-            symbols.append(cmd.symbol)
-        for symbol in symbols:
-            assert fast.book(symbol) == ref.book(symbol), (seq, symbol)
-            for side in (C.BUY, C.SELL):
-                assert [[tuple(e) for e in lvl] for lvl in fast.queue(symbol, side)] == ref.queue(symbol, side)
-            assert fast.stats(symbol) == ref.stats(symbol), (seq, symbol, fast.stats(symbol), ref.stats(symbol))
-        assert fast_open_orders(fast) == ref.open_orders(), (seq, fast_open_orders(fast), ref.open_orders())
-        fast.check_invariants()
-        all_events.append(ref_events)
-    return fast, ref, all_events
+run_both = assert_engines_agree  # every step compared, events returned
 
 
 # ------------------------- the reference against the worked examples of market-rules.md
