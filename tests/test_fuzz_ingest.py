@@ -9,14 +9,13 @@ an "internal error", never a traceback. Scale with ``JEX_FUZZ_EXAMPLES``
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from cli_capture import run_cli
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -88,18 +87,7 @@ def test_seeded_byte_mutations_of_real_rows():
 
 
 def cli(data_dir: Path, *argv: str) -> tuple[int, str, str]:
-    from jex.cli.main import run
-
-    out, err = io.BytesIO(), io.BytesIO()
-    fake_out = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    fake_err = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = fake_out, fake_err
-    try:
-        code = run(["--data-dir", str(data_dir), *argv])
-    finally:
-        sys.stdout, sys.stderr = saved
-    return code, out.getvalue().decode(), err.getvalue().decode()
+    return run_cli(data_dir, *argv)
 
 
 @pytest.fixture(scope="module")

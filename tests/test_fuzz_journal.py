@@ -21,17 +21,16 @@ Scale with ``JEX_FUZZ_EXAMPLES`` (a multiplier; docs/fuzzing.md).
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import shutil
 import signal
 import struct
-import sys
 import tracemalloc
 from pathlib import Path
 
 import pytest
+from cli_capture import run_cli
 import xxhash
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -460,19 +459,7 @@ def test_forged_payload_len_in_a_64_mib_segment_allocates_no_more_than_a_scan(te
 
 
 def cli(data_dir: Path, *argv: str) -> tuple[int, str, str]:
-    from jex.cli.main import run
-
-    out, err = io.BytesIO(), io.BytesIO()
-    fake_out = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    fake_err = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = fake_out, fake_err
-    try:
-        with time_bound():
-            code = run(["--data-dir", str(data_dir), *argv])
-    finally:
-        sys.stdout, sys.stderr = saved
-    return code, out.getvalue().decode(), err.getvalue().decode()
+    return run_cli(data_dir, *argv, bound=time_bound)
 
 
 def test_cli_on_damaged_directories_exits_0_or_3_naming_the_damage(template, tmp_path_factory):

@@ -14,14 +14,13 @@ Scale with ``JEX_FUZZ_EXAMPLES`` (a multiplier; docs/fuzzing.md).
 
 from __future__ import annotations
 
-import io
 import os
 import random
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
+from cli_capture import run_cli
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -262,18 +261,7 @@ def write_log(wal_dir: Path, payloads: list[tuple[int, bytes]]) -> None:
 
 
 def cli(data_dir: Path, *argv: str) -> tuple[int, str, str]:
-    from jex.cli.main import run
-
-    out, err = io.BytesIO(), io.BytesIO()
-    fake_out = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    fake_err = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = fake_out, fake_err
-    try:
-        code = run(["--data-dir", str(data_dir), *argv])
-    finally:
-        sys.stdout, sys.stderr = saved
-    return code, out.getvalue().decode(), err.getvalue().decode()
+    return run_cli(data_dir, *argv)
 
 
 @fuzz_settings(15)

@@ -18,16 +18,15 @@ listing CLI and recovery. Scale with ``JEX_FUZZ_EXAMPLES`` (docs/fuzzing.md).
 from __future__ import annotations
 
 import copy
-import io
 import os
 import random
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import msgspec
 import pytest
+from cli_capture import run_cli
 import xxhash
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
@@ -295,18 +294,7 @@ def test_checksummed_hostile_bodies_give_snapshot_errors_only(tmp_path):
 
 
 def cli(data_dir: Path, *argv: str) -> tuple[int, str, str]:
-    from jex.cli.main import run
-
-    out, err = io.BytesIO(), io.BytesIO()
-    fake_out = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    fake_err = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = fake_out, fake_err
-    try:
-        code = run(["--data-dir", str(data_dir), *argv])
-    finally:
-        sys.stdout, sys.stderr = saved
-    return code, out.getvalue().decode(), err.getvalue().decode()
+    return run_cli(data_dir, *argv)
 
 
 @pytest.fixture(scope="module")
