@@ -55,7 +55,6 @@ def demo(
     kill_after: float = typer.Option(0.6, "--kill-after", min=0.05, max=0.95, help="Kill when this share is acknowledged."),
     symbol: str = typer.Option("", "--symbol", help="Book to print (default: the first instrument)."),
 ) -> int:
-    from jex.core import Engine
     from jex.node.exchange import Exchange
     from jex.replay.rebuild import rebuild
 
@@ -127,7 +126,6 @@ def demo(
         )
         output.stdout.print(f"explore: jex --data-dir {directory} book {book_view['symbol'] if book_view else 'SYMBOL'}"
                             f" | orders | stats | replay --verify | journal verify")
-    _ = Engine
     return EXIT_OK if lost == 0 and same else EXIT_INTEGRITY
 
 

@@ -93,6 +93,15 @@ def dict_table(title: str, rows: list[dict], columns: list[str] | None = None) -
     return table
 
 
+def rows(records: list[dict], as_json: bool, title: str, columns: list[str]) -> None:
+    """A stream of records: JSON Lines with --json, else one table."""
+    if as_json:
+        for record in records:
+            emit_json(record)
+    else:
+        stdout.print(dict_table(title, records, columns))
+
+
 def kv_table(title: str, values: dict) -> Table:
     table = Table(title=title, show_header=False)
     table.add_column("field")

@@ -81,12 +81,8 @@ def orders(
     st, engine, _ = _rebuild(ctx, at)
     codec = Codec.for_engine(engine)
     rows = [order_dict(codec, o) for o in engine.open_orders(account, symbol)]
-    if st.json:
-        for row in rows:
-            output.emit_json(row)
-    else:
-        columns = ["order_id", "client_id", "account", "symbol", "side", "kind", "price", "trigger", "qty", "remaining", "status"]
-        output.stdout.print(output.dict_table(f"open orders ({len(rows)})", rows, columns))
+    columns = ["order_id", "client_id", "account", "symbol", "side", "kind", "price", "trigger", "qty", "remaining", "status"]
+    output.rows(rows, st.json, f"open orders ({len(rows)})", columns)
     return EXIT_OK
 
 
@@ -110,12 +106,8 @@ def trades(
         return _unknown_symbol(symbol)
     codec = Codec.for_engine(engine)
     rows = [codec.event(t) for t in recent]
-    if st.json:
-        for row in rows:
-            output.emit_json(row)
-    else:
-        columns = ["seq", "price", "qty", "buyer", "seller", "aggressor", "maker_client_id", "taker_client_id"]
-        output.stdout.print(output.dict_table(f"{symbol} trades ({len(rows)})", rows, columns))
+    columns = ["seq", "price", "qty", "buyer", "seller", "aggressor", "maker_client_id", "taker_client_id"]
+    output.rows(rows, st.json, f"{symbol} trades ({len(rows)})", columns)
     return EXIT_OK
 
 

@@ -41,6 +41,8 @@ from typing import Iterable, Iterator
 from jex import killpoints
 from jex.core import Codec, CommandError, Engine, encode_command
 from jex.core import commands as C
+from jex.core.book import STATUS_NAMES
+from jex.core.events import Trade
 from jex.journal import DirLock, Journal
 from jex.journal.record import record_bytes
 from jex.replay.rebuild import ReplayStats
@@ -390,8 +392,6 @@ class Exchange:
         return self.submit({"type": "clock"})
 
     def _keep_trades(self, seq: int, events: list) -> None:
-        from jex.core.events import Trade
-
         for event in events:
             if type(event) is Trade:
                 ring = self.trades.get(event.symbol)
@@ -525,12 +525,7 @@ class Exchange:
 
 def order_dict(codec: Codec, order) -> dict:
     """The ``jex orders`` JSON shape of one live order."""
-    from jex.core.book import STATUS_NAMES
-
     symbol = order.symbol
-    status = STATUS_NAMES[order.status]
-    if order.group is not None and order.status == 3:
-        status = "inactive"
     return {
         "order_id": order.order_id,
         "client_id": order.client_id,
@@ -542,7 +537,7 @@ def order_dict(codec: Codec, order) -> dict:
         "trigger": codec.price(symbol, order.trigger),
         "qty": codec.qty(symbol, order.orig_qty),
         "remaining": codec.qty(symbol, order.qty),
-        "status": status,
+        "status": STATUS_NAMES[order.status],
         "group_id": order.group.group_id if order.group is not None else None,
     }
 
