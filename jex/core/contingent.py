@@ -47,9 +47,6 @@ class OcoGroup:
     def members(self) -> list[Order]:
         return self.legs
 
-    def row(self) -> list:
-        return ["oco", self.group_id, self.client_id, self.account, self.symbol, self.mode, [o.order_id for o in self.legs]]
-
     def check(self, engine) -> None:
         _check_members(self, engine)
 
@@ -74,19 +71,6 @@ class BracketGroup:
 
     def members(self) -> list[Order]:
         return [self.entry, self.tp, self.sl]
-
-    def row(self) -> list:
-        return [
-            "bracket",
-            self.group_id,
-            self.client_id,
-            self.account,
-            self.symbol,
-            self.activation,
-            self.active,
-            self.closed,
-            [o.order_id for o in self.members()],
-        ]
 
     def check(self, engine) -> None:
         _check_members(self, engine)
@@ -114,11 +98,6 @@ class ConditionalGroup:
 
     def members(self) -> list[Order]:
         return [self.order]
-
-    def row(self) -> list:
-        from msgspec import to_builtins
-
-        return ["conditional", self.group_id, self.client_id, self.account, to_builtins(self.when), self.order.order_id]
 
     def check(self, engine) -> None:
         _check_members(self, engine)

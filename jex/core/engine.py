@@ -54,6 +54,7 @@ from .commands import (
 from .contingent import BracketGroup, ContingentMixin
 from .events import Accepted, Amended, Cancelled, InstrumentAdded, Prevented, Rejected, Trade
 from .prorata import allocate
+from .state import export_state
 from .stops import StopBook
 from .vpin import Vpin, toxicity
 
@@ -724,35 +725,12 @@ class Engine(ContingentMixin, AuctionMixin):
 
     # ---------------------------------------------------- digest, invariants
 
-    def state(self) -> list:
-        """A canonical view of the whole state (what the digest hashes)."""
-        insts = []
-        for symbol in sorted(self.instruments):
-            inst = self.instruments[symbol]
-            sides = []
-            for side in (inst.book.bids, inst.book.asks):
-                sides.append([[level.price, [o.order_id for o in level.orders()]] for level in side.iter_levels()])
-            insts.append(
-                [
-                    msgspec.to_builtins(inst.config),
-                    inst.last,
-                    inst.volume,
-                    inst.trades,
-                    inst.in_call,
-                    [list(d) for d in inst.call_market],
-                    list(inst.top),
-                    sides,
-                    inst.vpin.state() if inst.vpin is not None else None,
-                ]
-            )
-        orders = [_order_row(self.orders[i]) for i in sorted(self.orders)]
-        groups = [self.groups[g].row() for g in sorted(self.groups)]
-        registry = sorted([a, c, i] for (a, c), i in self.client_ids.items())
-        return [self.next_id, insts, orders, groups, registry]
-
     def digest(self) -> str:
-        """xxh3-128 of the canonical state, as 32 hex digits."""
-        return xxhash.xxh3_128_hexdigest(msgspec.msgpack.encode(self.state()))
+        """xxh3-128 of the exported state (``core/state.py``: everything the
+        engine keeps, exactly as a snapshot stores it), as 32 hex digits.
+        Equal histories give equal digests; a restored snapshot gives the
+        digest of the engine it was taken from. O(state)."""
+        return xxhash.xxh3_128_hexdigest(msgspec.msgpack.encode(export_state(self)))
 
     def check_invariants(self) -> None:
         """Assert every internal invariant; raises InvariantError."""
@@ -837,32 +815,6 @@ def _unknown_message(cmd) -> str:
     name = f"order_id {cmd.order_id}" if cmd.order_id is not None else f"client_id {cmd.client_id}"
     return f"no open order with {name} for account {cmd.account}"
 
-
-def _order_row(o: Order) -> list:
-    return [
-        o.order_id,
-        o.client_id,
-        o.account,
-        o.symbol,
-        o.side,
-        o.kind,
-        o.price,
-        o.qty,
-        o.filled,
-        o.tif,
-        o.expire_at,
-        o.post_only,
-        o.stp,
-        o.status,
-        o.priority_seq,
-        o.trigger,
-        o.trail_amount,
-        o.trail_percent_e6,
-        o.activation_price,
-        o.extreme if o.trail_group is not None else None,
-        o.group.group_id if o.group is not None else None,
-        o.in_call,
-    ]
 
 
 def _check(condition: bool, what: str) -> None:
