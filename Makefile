@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jex-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fast pure clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,5 +21,14 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$code
 
-clean:
+# The mypyc-compiled core (docs/benchmarks.md, "Compiled core"): builds
+# jex/core/*.so in place; Python then prefers them over the .py sources.
+# JEX_CORE=pure runs the pure-Python core anyway; `make pure` deletes them.
+fast: $(STAMP)
+	JEX_COMPILE=1 $(PY) setup.py build_ext --inplace
+
+pure:
+	rm -f jex/core/*.so
+
+clean: pure
 	rm -rf .jex-demo .jex build *.egg-info

@@ -111,13 +111,16 @@ def test_suite_tiny_run_writes_one_object(tmp_path):
 
 def test_figures_pair_every_value_with_a_baseline():
     result = {
-        "engine": {"std": {"throughput_cmd_s": 100, "throughput_gc_off_cmd_s": 125}},
+        "meta": {"core": "compiled"},
+        "engine": {"std": {"throughput_cmd_s": 100, "throughput_gc_off_cmd_s": 125,
+                           "other_core": {"core": "pure", "throughput_cmd_s": 40}}},
         "durable": {"std": {"in_memory": {"throughput_cmd_s": 50},
                             "pwrite": {"throughput_cmd_s": 40, "backend": "pwrite"},
                             "uring": {"throughput_cmd_s": 45, "backend": "uring-direct"}}},
     }
     rows = {row["figure"]: row for row in figures(result)}
-    assert rows["std: Engine.apply"]["ratio"] == 0.8
+    assert rows["std: Engine.apply (compiled core)"]["ratio"] == 0.8
+    assert rows["std: compiled / pure core"]["ratio"] == 2.5
     assert rows["std: durable uring-direct"]["ratio"] == 0.9
     assert rows["std: uring / pwrite"]["ratio"] == 1.125
 

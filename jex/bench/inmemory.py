@@ -9,6 +9,11 @@ each) do not lower the throughput figure. Both end in the same state: their
 digests must equal the shadow engine's that built the workload, which is
 the reproducibility check.
 
+``other_core_run`` runs the throughput pass in a child process on the other
+implementation of the core (pure Python when the compiled core runs here,
+compiled when it is built but not in use): the two side by side, with the
+digests compared.
+
 ``codec_run`` is the durable runs' in-memory baseline: what the node does
 per command minus sequencing and the journal (decode the JSON dict with the
 edge codec, apply, encode each event back to a contract dict).
@@ -22,11 +27,16 @@ node would hold.
 from __future__ import annotations
 
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import jex.native as native
 from jex.core import Codec, Engine
 
 from .hist import summarize, summarize_with_curve
@@ -120,6 +130,61 @@ def engine_run(workload: Workload, rounds: int = 1) -> dict:
         "digest": digest_latency,
         "digest_matches": digests == {digest_latency} == {workload.digest},
     }
+
+
+OTHER_CORE_TIMEOUT_S = 1800
+
+_OTHER_CORE_CHILD = """
+import json, sys
+from jex.bench import inmemory, workloads
+import jex.native as native
+name, seed, count, amzn_rows, rounds = json.loads(sys.argv[1])
+w = workloads.build(name, seed, count, amzn_rows=amzn_rows)
+print(json.dumps({"core": native.kind(), **inmemory.throughput_only(w, rounds)}))
+"""
+
+
+def throughput_only(workload: Workload, rounds: int = 1) -> dict:
+    """The throughput pass alone, ``rounds`` times: ``{"throughput_cmd_s"
+    (median), "rounds_cmd_s", "digest"}``."""
+    timed = len(workload.commands) - workload.setup
+    seconds: list[float] = []
+    digests = set()
+    for _ in range(max(1, rounds)):
+        with frozen_heap():
+            s, digest = _throughput_pass(workload)
+        seconds.append(s)
+        digests.add(digest)
+    return {"throughput_cmd_s": _rate(timed, statistics.median(seconds)),
+            "rounds_cmd_s": [_rate(timed, s) for s in seconds],
+            "digest": digests.pop() if len(digests) == 1 else None}
+
+
+def other_core() -> str | None:
+    """The core to compare against in a child process, or None when only
+    one is available: pure when compiled runs here, compiled when it is
+    built and fresh but this process runs pure."""
+    if native.kind() == "compiled":
+        return "pure"
+    built = native.built_modules()
+    return "compiled" if built and not native.stale_modules(built) else None
+
+
+def other_core_run(name: str, seed: int, count: int, amzn_rows: int | None, rounds: int) -> dict | None:
+    """Throughput of the same workload on the other core (see ``other_core``),
+    in a child process; None when there is no other core. Raises
+    RuntimeError when the child fails."""
+    core = other_core()
+    if core is None:
+        return None
+    env = dict(os.environ, JEX_CORE=core)
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_CORE_CHILD, json.dumps([name, seed, count, amzn_rows, rounds])],
+        env=env, capture_output=True, text=True, timeout=OTHER_CORE_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{core} core run failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _rate(count: int, seconds: float) -> int:

@@ -33,8 +33,13 @@ def figures(result: dict) -> list[dict]:
     rows: list[dict] = []
     engine = result.get("engine", {})
     for name, e in engine.items():
-        rows.append(_row("engine", f"{name}: Engine.apply", e["throughput_cmd_s"], "cmd/s",
+        core = result.get("meta", {}).get("core", "pure")
+        rows.append(_row("engine", f"{name}: Engine.apply ({core} core)", e["throughput_cmd_s"], "cmd/s",
                          "same pass, GC disabled", e["throughput_gc_off_cmd_s"]))
+        other = e.get("other_core")
+        if other is not None:
+            rows.append(_row("engine", f"{name}: {core} / {other['core']} core", e["throughput_cmd_s"], "cmd/s",
+                             f"{other['core']} core (child)", other["throughput_cmd_s"]))
     for name, d in result.get("durable", {}).items():
         mem = d["in_memory"]["throughput_cmd_s"]
         if name in engine:

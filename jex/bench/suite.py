@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import jex.native as native
+
 from . import durable, inmemory, workloads
 from .workloads import WORKLOAD_NAMES, Workload
 
@@ -103,6 +105,14 @@ def run_suite(config: Config, progress: Progress = _quiet) -> dict:
             for w in built:
                 progress(f"engine: {w.name} ({w.timed:,} commands, throughput and latency passes)")
                 result["engine"][w.name] = inmemory.engine_run(w, config.rounds)
+            if "engine" in sections and inmemory.other_core() is not None:
+                for w in built:
+                    progress(f"engine: {w.name} on the {inmemory.other_core()} core (child process)")
+                    other = inmemory.other_core_run(w.name, config.seed, config.commands, config.amzn_rows,
+                                                    max(config.rounds, 3))
+                    if other is not None:
+                        other["digest_matches"] = other.pop("digest") == result["engine"][w.name]["digest"]
+                        result["engine"][w.name]["other_core"] = other
         logs: dict[str, Path] = {}
         if sections & {"durable", "replay", "recovery"}:
             result["durable"] = {w.name: _durable(w, config, backends, root, logs, progress) for w in built}
@@ -234,6 +244,7 @@ def _meta(config: Config, root: Path, backends: list[str], notices: list[str]) -
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "filesystem": _filesystem(root),
         "backends": backends,
+        "core": native.kind(),
         "notices": notices,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "started_unix": round(time.time()),

@@ -1,6 +1,6 @@
 """Call auctions: the call phase and the uncross (core room).
 
-A mixin of ``Engine``, market-rules §4. ``auction open`` puts a symbol in a
+A layer of ``Engine`` (see base.py), market-rules §4. ``auction open`` puts a symbol in a
 call phase: orders rest without matching (the book may cross), market
 orders wait in a per-side queue, IOC/FOK/post-only are refused, stops do
 not trigger. ``auction uncross`` chooses one clearing price, executes the
@@ -9,8 +9,11 @@ maximum volume at it, and returns the symbol to continuous trading.
 
 from __future__ import annotations
 
+from . import commands as C
+from .base import InstrumentState
 from .book import OPEN, Order
 from .commands import AUCTION_OPEN, BUY, SELL
+from .contingent import ContingentMixin
 from .events import AuctionResult, Phase, Trade
 
 
@@ -81,10 +84,10 @@ def plan_uncross(bids: list[tuple[int, int]], asks: list[tuple[int, int]], marke
     return UncrossPlan(chosen[0], chosen[1], chosen[2])
 
 
-class AuctionMixin:
-    """Auction commands (mixed into ``Engine``)."""
+class AuctionMixin(ContingentMixin):
+    """Auction commands (a layer of ``Engine``)."""
 
-    def _on_auction(self, cmd) -> None:
+    def _on_auction(self, cmd: C.Auction) -> None:
         inst = self.instruments.get(cmd.symbol)
         if inst is None:
             self._reject(None, None, "unknown_symbol", f"unknown symbol {cmd.symbol}")
@@ -101,7 +104,7 @@ class AuctionMixin:
             return
         self._uncross(inst, cmd.reference_price)
 
-    def _uncross(self, inst, reference_price: int | None) -> None:
+    def _uncross(self, inst: InstrumentState, reference_price: int | None) -> None:
         book = inst.book
         bids = [(lv.price, lv.qty) for lv in book.bids.iter_levels()]
         asks = [(lv.price, lv.qty) for lv in book.asks.iter_levels()]
@@ -115,7 +118,7 @@ class AuctionMixin:
         if plan.price is not None and plan.volume > 0:
             buys = market_buys + [o for lv in book.bids.iter_levels() if lv.price >= plan.price for o in lv.orders()]
             sells = market_sells + [o for lv in book.asks.iter_levels() if lv.price <= plan.price for o in lv.orders()]
-            self._execute_uncross(inst, plan, buys, sells)
+            self._execute_uncross(inst, plan.price, plan.volume, buys, sells)
         inst.in_call = False
         self._events.append(Phase(self.seq, inst.symbol, "continuous"))
         if plan.price is not None and plan.volume > 0:
@@ -126,9 +129,9 @@ class AuctionMixin:
         for order in leftovers:
             self._release_call_market(order, inst)
 
-    def _execute_uncross(self, inst, plan: UncrossPlan, buys: list[Order], sells: list[Order]) -> None:
-        """Pair the two priority queues at the clearing price (no STP, no aggressor)."""
-        left = plan.volume
+    def _execute_uncross(self, inst: InstrumentState, price: int, volume: int, buys: list[Order], sells: list[Order]) -> None:
+        """Pair the two priority queues at the clearing ``price`` for ``volume`` lots (no STP, no aggressor)."""
+        left = volume
         bi = si = 0
         while left > 0 and bi < len(buys) and si < len(sells):
             buy, sell = buys[bi], sells[si]
@@ -140,9 +143,9 @@ class AuctionMixin:
                 continue
             qty = min(buy.qty, sell.qty, left)
             left -= qty
-            self._auction_fill(inst, buy, sell, qty, plan.price)
+            self._auction_fill(inst, buy, sell, qty, price)
 
-    def _auction_fill(self, inst, buy: Order, sell: Order, qty: int, price: int) -> None:
+    def _auction_fill(self, inst: InstrumentState, buy: Order, sell: Order, qty: int, price: int) -> None:
         maker, taker = (buy, sell) if (buy.priority_seq, buy.order_id) < (sell.priority_seq, sell.order_id) else (sell, buy)
         self._events.append(
             Trade(self.seq, inst.symbol, price, qty, maker.order_id, taker.order_id, maker.client_id,
@@ -176,7 +179,7 @@ class AuctionMixin:
             if order.group is not None:
                 self._on_member_fill(order, qty)
 
-    def _after_auction_trades(self, inst, price: int) -> None:
+    def _after_auction_trades(self, inst: InstrumentState, price: int) -> None:
         """Last = the clearing price; stops and conditionals see it once."""
         if inst.stops.count:
             for order in inst.stops.on_trade(price):
@@ -185,7 +188,7 @@ class AuctionMixin:
         if watchers:
             self._evaluate_conditionals(watchers)
 
-    def _release_call_market(self, order: Order, inst) -> None:
+    def _release_call_market(self, order: Order, inst: InstrumentState) -> None:
         """An unfilled market order matches once in continuous trading; the
         rest is cancelled with reason ``auction``."""
         del inst.call_market[order.side][order.order_id]

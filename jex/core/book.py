@@ -11,6 +11,8 @@ Nothing here reads a clock, a random source or a hash-ordered container.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sortedcontainers import SortedDict
 
 from .commands import BUY, GTC, LIMIT, STP_NONE
@@ -24,6 +26,39 @@ TRIGGERED = 4  # a fired stop waiting in the release queue (only inside one appl
 STATUS_NAMES = ("pending", "open", "done", "inactive", "triggered")
 
 
+# Every attribute of an Order (export/restore walk them by name).
+ORDER_SLOTS = (
+    "order_id",
+    "client_id",
+    "account",
+    "symbol",
+    "side",
+    "kind",
+    "price",
+    "qty",
+    "filled",
+    "tif",
+    "expire_at",
+    "post_only",
+    "stp",
+    "status",
+    "priority_seq",
+    "prev",
+    "next",
+    "level",
+    "trigger",
+    "trail_amount",
+    "trail_percent_e6",
+    "activation_price",
+    "extreme",
+    "trail_group",
+    "group",
+    "entry_seq",
+    "orig_qty",
+    "in_call",
+)
+
+
 class Order:
     """A live order. Mutable on purpose: it is the hot-path object.
 
@@ -32,36 +67,7 @@ class Order:
     price level while it rests.
     """
 
-    __slots__ = (
-        "order_id",
-        "client_id",
-        "account",
-        "symbol",
-        "side",
-        "kind",
-        "price",
-        "qty",
-        "filled",
-        "tif",
-        "expire_at",
-        "post_only",
-        "stp",
-        "status",
-        "priority_seq",
-        "prev",
-        "next",
-        "level",
-        "trigger",
-        "trail_amount",
-        "trail_percent_e6",
-        "activation_price",
-        "extreme",
-        "trail_group",
-        "group",
-        "entry_seq",
-        "orig_qty",
-        "in_call",
-    )
+    __slots__ = ORDER_SLOTS
 
     def __init__(
         self,
@@ -102,8 +108,8 @@ class Order:
         self.trail_percent_e6: int | None = None
         self.activation_price: int | None = None
         self.extreme: int | None = None
-        self.trail_group = None
-        self.group = None
+        self.trail_group: Any = None  # stops._TrailGroup while a trailing stop waits
+        self.group: Any = None  # its OcoGroup, BracketGroup or ConditionalGroup
         self.entry_seq = entry_seq
         self.orig_qty = qty
         self.in_call = False

@@ -19,7 +19,7 @@ Every refusal is a ``CommandError`` whose ``str()`` is one line,
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import msgspec
 
@@ -196,7 +196,7 @@ WireCommand = Union[WInstrument, WOrder, WCancel, WReplace, WOco, WBracket, WCon
 _json_decoder = msgspec.json.Decoder(WireCommand)
 # Converting a dict into the union re-resolves it on every call (~17 µs);
 # dispatching on the tag first makes it ~1 µs.
-_WIRE_BY_TAG = {cls.__struct_config__.tag: cls for cls in WireCommand.__args__}
+_WIRE_BY_TAG = {cls.__struct_config__.tag: cls for cls in get_args(WireCommand)}
 
 
 def _msgspec_error(exc: msgspec.MsgspecError) -> CommandError:
@@ -251,6 +251,13 @@ class Catalog:
             config = inst.config
             grids = (Grid(config.tick), Grid(config.lot))
             self._grids[symbol] = grids
+        return grids
+
+    def known(self, symbol: str) -> tuple[Grid, Grid]:
+        """The grids of a symbol the caller knows is defined (KeyError if not)."""
+        grids = self.grids(symbol)
+        if grids is None:
+            raise KeyError(symbol)
         return grids
 
 
@@ -442,8 +449,9 @@ class Codec:
         self._grids(w.symbol, "$.symbol")
         if len(w.legs) != 2:
             raise CommandError("$.legs", "an OCO has exactly two legs")
-        legs = tuple(
-            self._leg(leg, w.account, w.symbol, f"{w.client_id}/{i + 1}", f"$.legs[{i}]") for i, leg in enumerate(w.legs)
+        legs = (
+            self._leg(w.legs[0], w.account, w.symbol, f"{w.client_id}/1", "$.legs[0]"),
+            self._leg(w.legs[1], w.account, w.symbol, f"{w.client_id}/2", "$.legs[1]"),
         )
         if legs[0].client_id == legs[1].client_id or w.client_id in (legs[0].client_id, legs[1].client_id):
             raise CommandError("$.legs", "leg client ids must differ from each other and from the group's")
@@ -547,7 +555,7 @@ class Codec:
 
     def book(self, book: dict) -> dict:
         """``Engine.book()`` output with decimal strings (DESIGN §4 book JSON)."""
-        tick, lot = self.catalog.grids(book["symbol"])
+        tick, lot = self.catalog.known(book["symbol"])
 
         def levels(rows: list[dict]) -> list[dict]:
             return [{"price": tick.format(r["price"]), "qty": lot.format(r["qty"]), "orders": r["orders"]} for r in rows]
@@ -567,7 +575,7 @@ class Codec:
         decimals (at least 8 significant digits for any value >= 0.01);
         ``signed_imbalance`` (2I - 1) is added beside ``imbalance``.
         """
-        tick, lot = self.catalog.grids(stats["symbol"])
+        tick, lot = self.catalog.known(stats["symbol"])
 
         def price(v):
             return None if v is None else tick.format(v)
@@ -596,12 +604,12 @@ class Codec:
     def price(self, symbol: str, ticks: int | None) -> str | None:
         if ticks is None:
             return None
-        return self.catalog.grids(symbol)[0].format(ticks)
+        return self.catalog.known(symbol)[0].format(ticks)
 
     def qty(self, symbol: str, lots: int | None) -> str | None:
         if lots is None:
             return None
-        return self.catalog.grids(symbol)[1].format(lots)
+        return self.catalog.known(symbol)[1].format(lots)
 
 
 _PRICE_FIELDS = {E.Trade: ("price",), E.Amended: ("price",), E.AuctionResult: ("price",)}

@@ -1,6 +1,6 @@
 """Triggered and contingent orders: OCO, brackets, conditionals (core room).
 
-A mixin of ``Engine``: the groups and how they react to their members'
+A layer of ``Engine`` (see base.py): the groups and how they react to their members'
 fills, endings and triggers, and the release queue that turns triggered
 stops, bracket children and conditional orders into incoming orders after
 the order that caused them has finished (market-rules §5.4, §6).
@@ -14,17 +14,15 @@ a conditional's order) are queued and released one at a time.
 from __future__ import annotations
 
 from . import commands as C
+from .base import EngineBase, InstrumentState, shape_problem
 from .book import DONE, INACTIVE, OPEN, PENDING, TRIGGERED, Order
 from .commands import BUY, FOK, GTC, IOC, LIMIT, MARKET, SELL, STOP, STOP_LIMIT, TRAILING_STOP
+from .errors import GroupError
 from .events import Accepted, Amended, Rejected, Triggered
 
 RELEASE_STOP = 0
 RELEASE_BRACKET = 1
 RELEASE_CONDITIONAL = 2
-
-
-class GroupError(AssertionError):
-    pass
 
 
 def _live(order: Order) -> bool:
@@ -65,9 +63,10 @@ class BracketGroup:
         self.active = False  # children released
         self.queued = False  # activation waiting in the release queue
         self.closed = 0  # lots the children have filled (position closed)
-        self.entry: Order | None = None
-        self.tp: Order | None = None
-        self.sl: Order | None = None
+        # The members are created right after the group (they need its id).
+        self.entry: Order
+        self.tp: Order
+        self.sl: Order
 
     def members(self) -> list[Order]:
         return [self.entry, self.tp, self.sl]
@@ -94,7 +93,7 @@ class ConditionalGroup:
         self.account = account
         self.when = when
         self.symbols = symbols
-        self.order: Order | None = None
+        self.order: Order  # created right after the group
 
     def members(self) -> list[Order]:
         return [self.order]
@@ -166,8 +165,8 @@ _COMPARE = (
 )
 
 
-class ContingentMixin:
-    """Groups, triggers and the release queue (mixed into ``Engine``)."""
+class ContingentMixin(EngineBase):
+    """Groups, triggers and the release queue (a layer of ``Engine``)."""
 
     # ------------------------------------------------------------ entry
 
@@ -218,13 +217,11 @@ class ContingentMixin:
             if order.status == INACTIVE:
                 self._submit(order, inst)
 
-    def _oco_problem(self, legs: list[C.NewOrder], inst, mode: int | None = None) -> tuple[str, str] | None:
-        from .engine import _shape_problem
-
+    def _oco_problem(self, legs: list[C.NewOrder], inst: InstrumentState, mode: int | None = None) -> tuple[str, str] | None:
         if mode is not None and mode not in range(len(C.OCO_MODE_NAMES)):
             return ("invalid_order", f"OCO mode {mode} out of range")
         for leg in legs:
-            problem = _shape_problem(leg)
+            problem = shape_problem(leg)
             if problem is not None:
                 return ("invalid_order", problem)
         kinds = sorted(leg.kind for leg in legs)
@@ -233,20 +230,22 @@ class ContingentMixin:
         if legs[0].side != legs[1].side or legs[0].qty != legs[1].qty:
             return ("oco_legs_invalid", "OCO legs must have the same side and quantity")
         for leg in legs:
-            problem = self._order_problem(leg, inst)
-            if problem is not None:
-                return problem
+            leg_problem = self._order_problem(leg, inst)
+            if leg_problem is not None:
+                return leg_problem
         limit = next(leg for leg in legs if leg.kind == LIMIT)
         stop = next(leg for leg in legs if leg.kind != LIMIT)
+        price, trigger = limit.price, stop.trigger
+        assert price is not None and trigger is not None  # shape_problem checked both
         last = inst.last
         if limit.side == SELL:
-            ok = limit.price > stop.trigger and (last is None or limit.price > last > stop.trigger)
+            ok = price > trigger and (last is None or price > last > trigger)
             rule = "sell: limit price > last > stop trigger"
         else:
-            ok = limit.price < stop.trigger and (last is None or limit.price < last < stop.trigger)
+            ok = price < trigger and (last is None or price < last < trigger)
             rule = "buy: limit price < last < stop trigger"
         if not ok:
-            return ("oco_price_relationship", f"OCO prices breach {rule} (limit {limit.price}, trigger {stop.trigger}, last {last})")
+            return ("oco_price_relationship", f"OCO prices breach {rule} (limit {price}, trigger {trigger}, last {last})")
         return None
 
     def _on_bracket(self, cmd: C.Bracket) -> None:
@@ -282,7 +281,7 @@ class ContingentMixin:
         group.tp.qty = group.sl.qty = 0
         self._submit(group.entry, inst)
 
-    def _bracket_problem(self, cmd: C.Bracket, inst) -> tuple[str, str] | None:
+    def _bracket_problem(self, cmd: C.Bracket, inst: InstrumentState) -> tuple[str, str] | None:
         entry = cmd.entry
         if cmd.activation not in range(len(C.ACTIVATION_NAMES)):
             return ("invalid_order", f"bracket activation {cmd.activation} out of range")
@@ -328,10 +327,8 @@ class ContingentMixin:
         if order_cmd.account != cmd.account:
             self._reject(cmd.client_id, cmd.account, "invalid_order", "the order must use the group's account")
             return
-        from .engine import _shape_problem
-
-        problem = _shape_problem(order_cmd)
-        if problem is None and order_cmd.tif == C.GTD and order_cmd.expire_at <= self.ts:
+        problem = shape_problem(order_cmd)
+        if problem is None and order_cmd.tif == C.GTD and order_cmd.expire_at is not None and order_cmd.expire_at <= self.ts:
             problem = f"expire_at {order_cmd.expire_at} is not after the command time"
         if problem is not None:
             self._reject(cmd.client_id, cmd.account, "invalid_order", problem)
@@ -498,13 +495,14 @@ class ContingentMixin:
         order.priority_seq = self.seq  # it enters the book now
         self._process_incoming(order, self.instruments[order.symbol])
 
-    def _release_problem(self, order: Order, inst) -> str | None:
+    def _release_problem(self, order: Order, inst: InstrumentState) -> str | None:
         """Why a released group member cannot be placed now, if it cannot."""
         if inst.in_call and (order.tif in (IOC, FOK) and order.kind != MARKET or order.tif == FOK or order.post_only):
             return f"{order.symbol} is in a call phase"
-        if order.kind in (STOP, STOP_LIMIT) and inst.config.stop_entry_check and inst.last is not None:
-            if (inst.last >= order.trigger) if order.side == BUY else (inst.last <= order.trigger):
-                return f"last price {inst.last} already reached the trigger {order.trigger}"
+        last, trigger = inst.last, order.trigger
+        if order.kind in (STOP, STOP_LIMIT) and inst.config.stop_entry_check and last is not None and trigger is not None:
+            if (last >= trigger) if order.side == BUY else (last <= trigger):
+                return f"last price {last} already reached the trigger {trigger}"
         return None
 
     def _activate_bracket(self, group: BracketGroup) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import Any, Callable
 
 import msgspec
 import xxhash
@@ -31,6 +32,7 @@ import xxhash
 from . import analytics
 from . import commands as C
 from .auction import AuctionMixin
+from .base import InstrumentState, shape_problem
 from .book import DONE, INACTIVE, OPEN, PENDING, TRIGGERED, Book, BookSide, Level, Order
 from .commands import (
     BUY,
@@ -51,7 +53,8 @@ from .commands import (
     STP_NONE,
     TRAILING_STOP,
 )
-from .contingent import BracketGroup, ContingentMixin
+from .contingent import BracketGroup, ConditionalGroup, OcoGroup
+from .errors import InvariantError
 from .events import Accepted, Amended, Cancelled, InstrumentAdded, Prevented, Rejected, Trade
 from .prorata import allocate
 from .state import export_state
@@ -62,48 +65,7 @@ _AGGRESSOR = ("buy", "sell")
 STOP_KINDS = (STOP, STOP_LIMIT, TRAILING_STOP)
 
 
-class InstrumentState:
-    """Everything the engine keeps per symbol."""
-
-    __slots__ = (
-        "config",
-        "symbol",
-        "book",
-        "last",
-        "volume",
-        "trades",
-        "stops",
-        "vpin",
-        "in_call",
-        "call_market",
-        "top",
-        "pro_rata",
-    )
-
-    def __init__(self, config: C.Instrument) -> None:
-        self.config = config
-        self.symbol = config.symbol
-        self.book = Book()
-        self.last: int | None = None  # last trade price, ticks
-        self.volume = 0  # cumulative traded lots
-        self.trades = 0  # number of trades
-        self.stops = StopBook()
-        self.vpin = (
-            Vpin(config.vpin_bucket, config.vpin_window, config.vpin_classify, config.vpin_sigma_ticks, config.vpin_bar_ns)
-            if config.vpin_bucket > 0
-            else None
-        )
-        self.in_call = False  # in a call auction's call phase
-        self.call_market: tuple[dict[int, Order], dict[int, Order]] = ({}, {})  # market orders resting in a call
-        self.top: list[int | None] = [None, None]  # pro-rata TOP order id per side
-        self.pro_rata = config.matching == MATCH_PRO_RATA
-
-
-class InvariantError(AssertionError):
-    """Raised by ``check_invariants`` when internal state is inconsistent."""
-
-
-class Engine(ContingentMixin, AuctionMixin):
+class Engine(AuctionMixin):
     """The matching engine for many instruments.
 
     Public surface: ``apply``, ``book``, ``queue``, ``open_orders``,
@@ -111,18 +73,19 @@ class Engine(ContingentMixin, AuctionMixin):
     """
 
     def __init__(self) -> None:
-        self.instruments: dict[str, InstrumentState] = {}
-        self.orders: dict[int, Order] = {}  # live orders by id (open, pending, inactive)
-        self.groups: dict = {}  # live groups (OCO, bracket, conditional) by id
-        self.client_ids: dict[tuple[str, str], int] = {}  # (account, client_id) -> id, forever
+        # The attributes are declared (typed and explained) in EngineBase.
+        self.instruments = {}
+        self.orders = {}
+        self.groups = {}
+        self.client_ids = {}
         self.next_id = 1
-        self.seq = 0  # seq of the last applied command
-        self.ts = 0  # ts of the last applied command
-        self.watch: dict[str, dict[int, object]] = {}  # symbol -> conditionals watching it, by id
-        self._gtd: list[tuple[int, int]] = []  # heap of (expire_at, order_id), cleaned lazily
-        self._events: list = []
-        self._releases: deque = deque()
-        self._handlers = {
+        self.seq = 0
+        self.ts = 0
+        self.watch = {}
+        self._gtd = []
+        self._events = []
+        self._releases = deque()
+        self._handlers: dict[type, Callable[[Any], None]] = {
             C.Instrument: self._on_instrument,
             C.NewOrder: self._on_new_order,
             C.Cancel: self._on_cancel,
@@ -212,17 +175,17 @@ class Engine(ContingentMixin, AuctionMixin):
 
     def _order_problem(self, cmd: C.NewOrder, inst: InstrumentState) -> tuple[str, str] | None:
         """Business checks an order must pass before it gets an id."""
-        problem = _shape_problem(cmd)
+        problem = shape_problem(cmd)
         if problem is not None:
             return ("invalid_order", problem)
-        if cmd.tif == GTD and cmd.expire_at <= self.ts:
+        if cmd.tif == GTD and cmd.expire_at is not None and cmd.expire_at <= self.ts:
             return ("expire_in_past", f"expire_at {cmd.expire_at} is not after the command time {self.ts}")
         if inst.in_call and (cmd.tif in (IOC, FOK) and cmd.kind != MARKET or cmd.tif == FOK or cmd.post_only):
             return ("call_phase_tif", f"{cmd.symbol} is in a call phase: IOC, FOK and post-only orders are refused")
-        if cmd.kind in (STOP, STOP_LIMIT) and inst.config.stop_entry_check and inst.last is not None:
-            last = inst.last
-            if (last >= cmd.trigger) if cmd.side == BUY else (last <= cmd.trigger):
-                return ("stop_already_triggered", f"last price {last} already reached the trigger {cmd.trigger}")
+        last, trigger = inst.last, cmd.trigger
+        if cmd.kind in (STOP, STOP_LIMIT) and inst.config.stop_entry_check and last is not None and trigger is not None:
+            if (last >= trigger) if cmd.side == BUY else (last <= trigger):
+                return ("stop_already_triggered", f"last price {last} already reached the trigger {trigger}")
         return None
 
     def _create_order(self, cmd: C.NewOrder, status: int = OPEN) -> Order:
@@ -277,7 +240,9 @@ class Engine(ContingentMixin, AuctionMixin):
         opp = book.asks if order.side == BUY else book.bids
         if order.post_only:
             best = opp.best
-            if best is not None and (order.price >= best.price if order.side == BUY else order.price <= best.price):
+            price = order.price
+            assert price is not None  # post-only orders are limits
+            if best is not None and (price >= best.price if order.side == BUY else price <= best.price):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
                     order.price = best.price - 1 if order.side == BUY else best.price + 1
                     self._events.append(
@@ -302,11 +267,13 @@ class Engine(ContingentMixin, AuctionMixin):
     def _rest(self, order: Order, inst: InstrumentState) -> None:
         book = inst.book
         side = book.bids if order.side == BUY else book.asks
+        price = order.price
+        assert price is not None  # only limit orders rest
         if inst.pro_rata and inst.config.top_order:
             best = side.best
-            if best is None or (order.price > best.price if order.side == BUY else order.price < best.price):
+            if best is None or (price > best.price if order.side == BUY else price < best.price):
                 inst.top[order.side] = order.order_id
-        side.level_for_insert(order.price).append(order)
+        side.level_for_insert(price).append(order)
 
     def _rest_in_call(self, order: Order, inst: InstrumentState) -> None:
         """Call phase: nothing matches; limits rest (even crossed), markets queue."""
@@ -376,15 +343,18 @@ class Engine(ContingentMixin, AuctionMixin):
                 self._match_level_pro_rata(taker, inst, opp, level)
                 continue
             maker = level.head
+            assert maker is not None  # a level on the book is never empty
             if stp != STP_NONE and maker.account == taker.account:
                 if not self._prevent(taker, maker, stp):
                     return
                 continue
             self._fill(taker, maker, taker.qty if taker.qty < maker.qty else maker.qty, inst, opp)
 
-    def _fill(self, taker: Order, maker: Order, qty: int, inst: InstrumentState, opp: BookSide | None) -> None:
+    def _fill(self, taker: Order, maker: Order, qty: int, inst: InstrumentState, opp: BookSide) -> None:
         """One trade of ``qty`` at the maker's price; the maker leaves the book when filled."""
         price = maker.price
+        level = maker.level
+        assert price is not None and level is not None  # the maker rests on ``opp``
         if taker.side == BUY:
             buyer, seller = taker.account, maker.account
         else:
@@ -407,7 +377,6 @@ class Engine(ContingentMixin, AuctionMixin):
         taker.qty -= qty
         taker.filled += qty
         maker.filled += qty
-        level = maker.level
         level.qty -= qty
         if qty == maker.qty:
             maker.qty = 0
@@ -531,6 +500,7 @@ class Engine(ContingentMixin, AuctionMixin):
         """Take a resting order off its level (dropping an emptied level and
         its TOP status). O(1), plus O(log L) when the level empties."""
         level = order.level
+        assert level is not None  # only called for a resting order
         level.unlink(order)
         if level.count == 0:
             (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
@@ -554,7 +524,9 @@ class Engine(ContingentMixin, AuctionMixin):
 
     # ------------------------------------------------------ cancel/replace
 
-    def _lookup(self, account: str, client_id: str | None, order_id: int | None):
+    def _lookup(
+        self, account: str, client_id: str | None, order_id: int | None
+    ) -> Order | OcoGroup | BracketGroup | ConditionalGroup | None:
         """The live order or group named by id or client id, if it belongs to ``account``."""
         if order_id is None:
             if client_id is None:
@@ -562,7 +534,7 @@ class Engine(ContingentMixin, AuctionMixin):
             order_id = self.client_ids.get((account, client_id))
             if order_id is None:
                 return None
-        target = self.orders.get(order_id)
+        target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(order_id)
         if target is None:
             target = self.groups.get(order_id)
         if target is None or target.account != account:
@@ -609,6 +581,7 @@ class Engine(ContingentMixin, AuctionMixin):
         inst = self.instruments[order.symbol]
         opp = inst.book.asks if order.side == BUY else inst.book.bids
         if order.post_only and new_price != order.price:
+            assert new_price is not None  # a resting post-only order is a limit
             best = opp.best
             if best is not None and (new_price >= best.price if order.side == BUY else new_price <= best.price):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
@@ -654,7 +627,7 @@ class Engine(ContingentMixin, AuctionMixin):
             return None
 
         def levels(side: BookSide) -> list[dict]:
-            out = []
+            out: list[dict] = []
             for level in side.iter_levels():
                 if depth is not None and len(out) >= depth:
                     break
@@ -776,39 +749,6 @@ class Engine(ContingentMixin, AuctionMixin):
         for group_id, group in self.groups.items():
             group.check(self)
         _check(not self._releases, "release queue not empty between commands")
-
-
-def _shape_problem(cmd: C.NewOrder) -> str | None:
-    """Structural checks the edge also makes (the engine re-checks for embedders)."""
-    kind = cmd.kind
-    if cmd.qty <= 0:
-        return "qty must be positive"
-    if kind in (LIMIT, STOP_LIMIT) and (cmd.price is None or cmd.price <= 0):
-        return "a limit or stop-limit order needs a positive price"
-    if kind in (MARKET, STOP, TRAILING_STOP) and cmd.price is not None:
-        return f"a {C.KIND_NAMES[kind]} order has no price"
-    if kind == MARKET and cmd.tif not in (IOC, FOK):
-        return "a market order must be IOC or FOK"
-    if kind in (STOP, STOP_LIMIT) and (cmd.trigger is None or cmd.trigger <= 0):
-        return "a stop order needs a positive trigger"
-    if kind == TRAILING_STOP:
-        if (cmd.trail_amount is None) == (cmd.trail_percent_e6 is None):
-            return "a trailing stop needs exactly one of trail_amount and trail_percent"
-        if (cmd.trail_amount is not None and cmd.trail_amount <= 0) or (
-            cmd.trail_percent_e6 is not None and not 0 < cmd.trail_percent_e6 < 100_000_000
-        ):
-            return "a trailing distance must be positive (and below 100 percent)"
-    if kind in (STOP, TRAILING_STOP) and cmd.tif not in (C.GTC, GTD):
-        return "a stop order must be GTC or GTD"
-    if kind not in (LIMIT, MARKET, STOP, STOP_LIMIT, TRAILING_STOP):
-        return f"unknown order kind {kind}"
-    if cmd.post_only and (kind != LIMIT or cmd.tif in (IOC, FOK)):
-        return "post-only needs a GTC or GTD limit order"
-    if cmd.tif == GTD and cmd.expire_at is None:
-        return "a GTD order needs expire_at"
-    if cmd.side not in (BUY, SELL) or cmd.stp not in range(len(STP_NAMES)) or cmd.tif not in range(4):
-        return "side, tif or stp out of range"
-    return None
 
 
 def _unknown_message(cmd) -> str:

@@ -20,7 +20,8 @@ import heapq
 import msgspec
 
 from . import commands as C
-from .book import DONE, Order
+from .base import InstrumentState
+from .book import DONE, ORDER_SLOTS, Order
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
 from .stops import export_stops, restore_stops
 
@@ -28,7 +29,7 @@ STATE_VERSION = 1
 
 # Every Order slot except the links a restore rebuilds (queue pointers,
 # level, trailing group, group).
-_ORDER_FIELDS = tuple(f for f in Order.__slots__ if f not in ("prev", "next", "level", "trail_group", "group"))
+_ORDER_FIELDS = tuple(f for f in ORDER_SLOTS if f not in ("prev", "next", "level", "trail_group", "group"))
 
 _condition_decoder = msgspec.msgpack.Decoder(C.Condition)
 _instrument_decoder = msgspec.msgpack.Decoder(C.Instrument)
@@ -81,9 +82,10 @@ def _export_group(group) -> list:
 def restore_state(data: list, engine_class=None):
     """Rebuild an Engine from ``export_state`` output. Raises ValueError on a
     shape it does not understand."""
+    from .engine import Engine
+
     if engine_class is None:
-        from .engine import Engine as engine_class
-    from .engine import InstrumentState
+        engine_class = Engine
 
     if not isinstance(data, list) or not data or data[0] != STATE_VERSION:
         raise ValueError(f"unsupported engine state version {data[0] if data else None!r}")
@@ -92,8 +94,7 @@ def restore_state(data: list, engine_class=None):
     engine.next_id, engine.seq, engine.ts = next_id, seq, ts
     orders: dict[int, Order] = {}
     for row in order_rows:
-        order = Order.__new__(Order)
-        Order.__init__(order, row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+        order = Order(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
         for name, value in zip(_ORDER_FIELDS, row):
             setattr(order, name, value)
         orders[order.order_id] = order
@@ -112,7 +113,7 @@ def restore_state(data: list, engine_class=None):
                 for i in ids:
                     level.append(orders[i])
         inst.stops = restore_stops(stops, orders)
-        if vpin is not None:
+        if vpin is not None and inst.vpin is not None:
             inst.vpin.load(vpin)
         engine.instruments[inst.symbol] = inst
     for row in groups:
@@ -127,21 +128,25 @@ def restore_state(data: list, engine_class=None):
     return engine
 
 
-def _restore_group(row: list, orders: dict[int, Order]):
+def _restore_group(row: list, orders: dict[int, Order]) -> OcoGroup | BracketGroup | ConditionalGroup:
     kind = row[0]
+    group: OcoGroup | BracketGroup | ConditionalGroup
     if kind == "oco":
         _, gid, cid, account, symbol, mode, ids = row
-        group = OcoGroup(gid, cid, account, symbol, mode)
-        group.legs = [orders[i] for i in ids]
+        oco = OcoGroup(gid, cid, account, symbol, mode)
+        oco.legs = [orders[i] for i in ids]
+        group = oco
     elif kind == "bracket":
         _, gid, cid, account, symbol, activation, active, queued, closed, ids = row
-        group = BracketGroup(gid, cid, account, symbol, activation)
-        group.active, group.queued, group.closed = active, queued, closed
-        group.entry, group.tp, group.sl = (orders[i] for i in ids)
+        bracket = BracketGroup(gid, cid, account, symbol, activation)
+        bracket.active, bracket.queued, bracket.closed = active, queued, closed
+        bracket.entry, bracket.tp, bracket.sl = (orders[i] for i in ids)
+        group = bracket
     elif kind == "conditional":
         _, gid, cid, account, when, symbols, order_id = row
-        group = ConditionalGroup(gid, cid, account, _condition_decoder.decode(when), list(symbols))
-        group.order = orders[order_id]
+        conditional = ConditionalGroup(gid, cid, account, _condition_decoder.decode(when), list(symbols))
+        conditional.order = orders[order_id]
+        group = conditional
     else:
         raise ValueError(f"unknown group kind {kind!r}")
     for member in group.members():

@@ -37,6 +37,7 @@ def _effective_scaled(side: int, extreme: int, order: Order) -> int:
         offset = order.trail_amount * SCALE
         return extreme * SCALE - offset if side == SELL else extreme * SCALE + offset
     pct = order.trail_percent_e6
+    assert pct is not None  # a trailing stop has exactly one distance
     return extreme * (SCALE - pct) if side == SELL else extreme * (SCALE + pct)
 
 
@@ -208,6 +209,7 @@ class StopBook:
         self.count += 1
         if order.kind != TRAILING_STOP:
             trigger = order.trigger
+            assert trigger is not None  # stop and stop-limit orders have one
             _push(self.plain[order.side], trigger, order)
             if order.side == BUY:
                 if self.buy_min is None or trigger < self.buy_min:
@@ -223,8 +225,7 @@ class StopBook:
             else:
                 self._trail_set(order).add(order, last)
             return
-        reached = last is not None and (last >= act if order.side == SELL else last <= act)
-        if reached:
+        if last is not None and (last >= act if order.side == SELL else last <= act):
             self._trail_set(order).add(order, last)
         else:
             _push(self.activation[order.side], act, order)
@@ -233,6 +234,7 @@ class StopBook:
         """Drop a pending stop (cancel, expiry, group)."""
         self.count -= 1
         if order.kind != TRAILING_STOP:
+            assert order.trigger is not None
             _pull(self.plain[order.side], order.trigger, order)
             if order.trigger == (self.buy_min if order.side == BUY else self.sell_max):
                 self._refresh_bounds()

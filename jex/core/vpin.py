@@ -103,15 +103,17 @@ class Vpin:
         self.bar_close = price
 
     def _close_bar(self) -> None:
-        prev = self.prev_close if self.prev_close is not None else self.bar_close
-        delta = self.bar_close - prev
+        close = self.bar_close
+        assert close is not None  # a bar closes only after a trade opened it
+        prev = self.prev_close if self.prev_close is not None else close
+        delta = close - prev
         if self.sigma == 0:
             fraction = ONE if delta > 0 else (Fraction(0) if delta < 0 else HALF)
         else:
             z = 0.5 * (1.0 + math.erf(delta / self.sigma / math.sqrt(2.0)))
             fraction = Fraction(z).limit_denominator(1_000_000_000)
         self._add(self.bar_volume, fraction)
-        self.prev_close = self.bar_close
+        self.prev_close = close
         self.bar_start = None
         self.bar_volume = 0
 

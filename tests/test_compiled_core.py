@@ -1,0 +1,144 @@
+"""The mypyc-compiled core against the pure-Python core.
+
+``make fast`` compiles the engine modules of jex/core (jex/native.py lists
+them) with mypyc. The compiled classes trust the type annotations at run
+time, so the core must type-check clean, and the compiled core must give
+byte-identical events and the same digests as the pure one. These tests:
+
+* type-check jex/core with mypy (what mypyc compiles from);
+* build the compiled core into a scratch copy of the package (a real
+  mypyc + gcc build, about half a minute) and run the golden market-rule
+  tables, the state tests and the seeded reference-engine streams against
+  it in a child process with ``JEX_CORE=compiled``;
+* replay the same workloads through both cores and compare every event's
+  bytes and the final digests;
+* check the ``JEX_CORE`` switch (pure / compiled / stale fallback).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import jex.native as native
+from jex.bench import workloads
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_TIMEOUT_S = 600
+mypyc = pytest.importorskip("mypyc.build", reason="mypy (with mypyc) is in the dev extra")
+
+
+def test_core_type_checks_clean_for_mypyc():
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")],
+        cwd=ROOT, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def compiled_copy(tmp_path_factory) -> Path:
+    """A scratch copy of the package (and the tests) with the core compiled in place."""
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    root = tmp_path_factory.mktemp("compiled")
+    shutil.copytree(ROOT / "jex", root / "jex", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "tests", root / "tests", ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy2(ROOT / name, root / name)
+    if (ROOT / "data").is_dir():
+        shutil.copytree(ROOT / "data", root / "data")
+    env = dict(os.environ, JEX_COMPILE="1")
+    done = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    built = sorted(p.name.split(".")[0] for p in (root / "jex" / "core").glob("*.so"))
+    assert set(native.COMPILED) <= set(built), built
+    return root
+
+
+def _child(root: Path, code: str, core: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root), JEX_CORE=core)
+    lobster = workloads.find_lobster_file()
+    if lobster is not None:
+        env[workloads.AMZN_FILE_ENV] = str(lobster)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+    )
+
+
+def test_switch_reports_what_runs(compiled_copy):
+    code = "import jex.native as n, jex.core.engine as e; print(n.kind(), e.__file__.rsplit('.', 1)[-1])"
+    compiled = _child(compiled_copy, code, "compiled")
+    pure = _child(compiled_copy, code, "pure")
+    assert compiled.stdout.split() == ["compiled", "so"], compiled.stderr
+    assert pure.stdout.split() == ["pure", "py"], pure.stderr
+    bad = _child(compiled_copy, "import jex", "fast")
+    assert bad.returncode != 0 and "JEX_CORE='fast'" in bad.stderr
+
+
+def test_a_stale_compiled_core_falls_back_to_pure(compiled_copy, tmp_path):
+    copy = tmp_path / "stale"
+    shutil.copytree(compiled_copy / "jex", copy / "jex")
+    source = copy / "jex" / "core" / "engine.py"
+    source.write_text(source.read_text())  # newer than its compiled module
+    code = "import jex.native as n; print(n.kind())"
+    auto = _child(copy, code, "auto")
+    assert auto.stdout.strip() == "pure" and "stale" in auto.stderr
+    forced = _child(copy, code, "compiled")
+    assert forced.returncode != 0 and "stale" in forced.stderr
+
+
+# Every event of every command, encoded, plus the final digest: for the
+# synthetic workloads (with stops), the AMZN slice and a contingent stream.
+_TRANSCRIPT = """
+    import sys, xxhash
+    from jex.bench import workloads
+    from jex.core.codec import Codec
+    from jex.core.engine import Engine
+    from jex.core.events import encode_events
+    import jex.native as n
+    assert n.kind() == sys.argv[1], n.kind()
+    runs = [workloads.std(3, 6000, stops=300), workloads.exchange_core(4, 6000)]
+    amzn = workloads.find_lobster_file()
+    if amzn is not None:
+        runs.append(workloads.amzn(amzn, limit=4000))
+    for w in runs:
+        engine = Engine()
+        codec = Codec.for_engine(engine)
+        h = xxhash.xxh3_128()
+        for i, d in enumerate(w.dicts):
+            command, _ = codec.command(d)
+            h.update(encode_events(engine.apply(command, i + 1, w.ts[i])))
+        engine.check_invariants()
+        print(w.name, h.hexdigest(), engine.digest())
+"""
+
+
+def test_compiled_and_pure_cores_give_identical_events_and_digests(compiled_copy):
+    pure = _child(compiled_copy, _TRANSCRIPT.replace("sys.argv[1]", "'pure'"), "pure")
+    compiled = _child(compiled_copy, _TRANSCRIPT.replace("sys.argv[1]", "'compiled'"), "compiled")
+    assert pure.returncode == 0, pure.stderr[-3000:]
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    assert len(pure.stdout.splitlines()) >= 2
+    assert compiled.stdout == pure.stdout
+
+
+def test_market_rule_tables_and_oracle_pass_on_the_compiled_core(compiled_copy):
+    env = dict(os.environ, PYTHONPATH=str(compiled_copy), JEX_CORE="compiled")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "tests/test_golden.py", "tests/test_state.py",
+         "tests/test_reference_oracle.py", "tests/test_reference_oracle_contingent.py"],
+        cwd=compiled_copy, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S * 2,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
