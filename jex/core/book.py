@@ -1,7 +1,8 @@
 """Order book: price levels with intrusive FIFO queues (core room).
 
-A side keeps its levels in a ``SortedDict`` keyed by integer ticks and caches
-the best level, so reading the top of book is O(1). Each level is a doubly
+A side keeps its levels in a dict keyed by integer ticks plus a sorted list
+of the prices with the best last, and caches the best level, so reading the
+top of book is O(1). Each level is a doubly
 linked list threaded through the orders themselves, so adding at the tail,
 removing any order by reference (cancel by id) and consuming from the head
 are all O(1) with no per-order allocation beyond the order object.
@@ -11,18 +12,18 @@ Nothing here reads a clock, a random source or a hash-ordered container.
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left, insort
+from typing import Any, Final, Iterator
 
-from sortedcontainers import SortedDict
 
 from .commands import BUY, GTC, LIMIT, STP_NONE
 
 # Order status values.
-PENDING = 0  # a stop waiting in the stop index for its trigger
-OPEN = 1  # resting on the book (or in a call phase's market queue), or being matched
-DONE = 2  # filled, cancelled or expired
-INACTIVE = 3  # a group member waiting for its group (bracket child, conditional order)
-TRIGGERED = 4  # a fired stop waiting in the release queue (only inside one apply)
+PENDING: Final = 0  # a stop waiting in the stop index for its trigger
+OPEN: Final = 1  # resting on the book (or in a call phase's market queue), or being matched
+DONE: Final = 2  # filled, cancelled or expired
+INACTIVE: Final = 3  # a group member waiting for its group (bracket child, conditional order)
+TRIGGERED: Final = 4  # a fired stop waiting in the release queue (only inside one apply)
 STATUS_NAMES = ("pending", "open", "done", "inactive", "triggered")
 
 
@@ -174,43 +175,70 @@ class Level:
 
 
 class BookSide:
-    """All levels of one side. ``best`` is the cached best level (or None)."""
+    """All levels of one side. ``best`` is the cached best level (or None).
 
-    __slots__ = ("is_bid", "levels", "best")
+    ``levels`` maps price -> level (for lookups only, never iterated for
+    order); ``keys`` holds the level prices sorted so that the best is last:
+    the price itself on the bid side, its negation on the ask side. Adding
+    or removing the best level (the common case) touches the end of the
+    list; a level deeper in the book costs one C-level memmove of the keys
+    behind it (``bisect``), which beats a balanced tree in Python for books
+    of up to tens of thousands of levels.
+    """
+
+    __slots__ = ("is_bid", "levels", "keys", "best")
 
     def __init__(self, is_bid: bool) -> None:
         self.is_bid = is_bid
-        self.levels: SortedDict = SortedDict()
+        self.levels: dict[int, Level] = {}
+        self.keys: list[int] = []
         self.best: Level | None = None
 
     def level_for_insert(self, price: int) -> Level:
-        """The level at ``price``, created if missing. O(log n) on creation."""
+        """The level at ``price``, created if missing. O(1) at the best, O(log n + n) deeper."""
         levels = self.levels
         level = levels.get(price)
         if level is None:
             level = Level(price)
             levels[price] = level
-            best = self.best
-            if best is None or (price > best.price if self.is_bid else price < best.price):
+            key = price if self.is_bid else -price
+            keys = self.keys
+            if not keys or key > keys[-1]:
+                keys.append(key)
                 self.best = level
+            else:
+                insort(keys, key)
         return level
 
     def remove_level(self, level: Level) -> None:
-        """Drop an empty level and refresh the cached best. O(log n)."""
-        levels = self.levels
-        del levels[level.price]
+        """Drop an empty level and refresh the cached best."""
+        price = level.price
+        del self.levels[price]
+        keys = self.keys
         if self.best is level:
-            if levels:
-                self.best = levels.peekitem(-1 if self.is_bid else 0)[1]
+            keys.pop()
+            if keys:
+                key = keys[-1]
+                self.best = self.levels[key if self.is_bid else -key]
             else:
                 self.best = None
+        else:
+            key = price if self.is_bid else -price
+            del keys[bisect_left(keys, key)]
 
-    def iter_levels(self):
+    def iter_levels(self) -> Iterator[Level]:
         """Levels from best to worst."""
         levels = self.levels
-        keys = reversed(levels.keys()) if self.is_bid else iter(levels.keys())
-        for price in keys:
-            yield levels[price]
+        if self.is_bid:
+            for key in reversed(self.keys):
+                yield levels[key]
+        else:
+            for key in reversed(self.keys):
+                yield levels[-key]
+
+    def prices(self) -> list[int]:
+        """Level prices, ascending."""
+        return list(self.keys) if self.is_bid else [-key for key in reversed(self.keys)]
 
     def total_orders(self) -> int:
         return sum(level.count for level in self.levels.values())

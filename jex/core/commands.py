@@ -13,84 +13,86 @@ field, and never reuse a tag.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Final, Union
 
 import msgspec
 
+# Integer codes are Final: mypyc inlines them in the compiled core.
+
 # Sides.
-BUY = 0
-SELL = 1
+BUY: Final = 0
+SELL: Final = 1
 SIDE_NAMES = ("buy", "sell")
 
 # Order kinds.
-LIMIT = 0
-MARKET = 1
-STOP = 2
-STOP_LIMIT = 3
-TRAILING_STOP = 4
+LIMIT: Final = 0
+MARKET: Final = 1
+STOP: Final = 2
+STOP_LIMIT: Final = 3
+TRAILING_STOP: Final = 4
 KIND_NAMES = ("limit", "market", "stop", "stop_limit", "trailing_stop")
 
 # Time in force.
-GTC = 0
-IOC = 1
-FOK = 2
-GTD = 3
+GTC: Final = 0
+IOC: Final = 1
+FOK: Final = 2
+GTD: Final = 3
 TIF_NAMES = ("GTC", "IOC", "FOK", "GTD")
 
 # Self-trade prevention modes (the taker's mode decides).
-STP_NONE = 0
-STP_EXPIRE_TAKER = 1
-STP_EXPIRE_MAKER = 2
-STP_EXPIRE_BOTH = 3
-STP_DECREMENT = 4
+STP_NONE: Final = 0
+STP_EXPIRE_TAKER: Final = 1
+STP_EXPIRE_MAKER: Final = 2
+STP_EXPIRE_BOTH: Final = 3
+STP_DECREMENT: Final = 4
 STP_NAMES = ("none", "expire_taker", "expire_maker", "expire_both", "decrement")
 
 # Instrument matching algorithms.
-MATCH_FIFO = 0
-MATCH_PRO_RATA = 1
+MATCH_FIFO: Final = 0
+MATCH_PRO_RATA: Final = 1
 MATCHING_NAMES = ("fifo", "pro_rata")
 
 # Pro-rata residual policy.
-RESIDUAL_FIFO = 0
-RESIDUAL_LARGEST = 1
+RESIDUAL_FIFO: Final = 0
+RESIDUAL_LARGEST: Final = 1
 RESIDUAL_NAMES = ("fifo", "largest")
 
 # OCO modes.
-OCO_CANCEL_ON_ANY_FILL = 0
-OCO_REDUCE = 1
-OCO_CANCEL_ON_FULL_FILL = 2
+OCO_CANCEL_ON_ANY_FILL: Final = 0
+OCO_REDUCE: Final = 1
+OCO_CANCEL_ON_FULL_FILL: Final = 2
 OCO_MODE_NAMES = ("cancel_on_any_fill", "reduce", "cancel_on_full_fill")
 
 # Post-only handling.
-POST_ONLY_REJECT = 0
-POST_ONLY_SLIDE = 1
+POST_ONLY_REJECT: Final = 0
+POST_ONLY_SLIDE: Final = 1
 POST_ONLY_MODE_NAMES = ("reject", "slide")
 
 # Bracket activation.
-ACTIVATE_FIRST_FILL = 0
-ACTIVATE_FULL_FILL = 1
+ACTIVATE_FIRST_FILL: Final = 0
+ACTIVATE_FULL_FILL: Final = 1
 ACTIVATION_NAMES = ("first_fill", "full_fill")
 
 # VPIN trade classification.
-VPIN_AGGRESSOR = 0
-VPIN_TICK_RULE = 1
-VPIN_BVC = 2
+VPIN_AGGRESSOR: Final = 0
+VPIN_TICK_RULE: Final = 1
+VPIN_BVC: Final = 2
 VPIN_CLASSIFY_NAMES = ("aggressor", "tick", "bvc")
 
 # Auction actions.
-AUCTION_OPEN = 0
-AUCTION_UNCROSS = 1
+AUCTION_OPEN: Final = 0
+AUCTION_UNCROSS: Final = 1
 AUCTION_ACTION_NAMES = ("open", "uncross")
 
 # Condition fields and operators.
-FIELD_LAST = 0
-FIELD_VOLUME = 1
+FIELD_LAST: Final = 0
+FIELD_VOLUME: Final = 1
 FIELD_NAMES = ("last", "volume")
-OP_GT = 0
-OP_GE = 1
-OP_LT = 2
-OP_LE = 3
-OP_EQ = 4
+OP_GT: Final = 0
+OP_GE: Final = 1
+OP_LT: Final = 2
+OP_LE: Final = 3
+OP_EQ: Final = 4
 OP_NAMES = (">", ">=", "<", "<=", "==")
 
 _STRUCT = dict(array_like=True, frozen=True, gc=False, omit_defaults=False)

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 import msgspec
 import xxhash
+from msgspec.structs import astuple
 
 from . import analytics
 from . import commands as C
@@ -61,8 +62,15 @@ from .state import export_state
 from .stops import StopBook
 from .vpin import Vpin, toxicity
 
-_AGGRESSOR = ("buy", "sell")
-STOP_KINDS = (STOP, STOP_LIMIT, TRAILING_STOP)
+_AGGRESSOR: Final = ("buy", "sell")
+# ``_on_new_order`` and ``_order_from`` unpack ``astuple(NewOrder)`` in this order.
+NEW_ORDER_FIELDS: Final = (
+    "account", "client_id", "symbol", "side", "kind", "qty", "price", "trigger", "trail_amount",
+    "trail_percent_e6", "activation_price", "tif", "expire_at", "post_only", "stp",
+)
+if C.NewOrder.__struct_fields__ != NEW_ORDER_FIELDS:  # pragma: no cover - a schema change must update both
+    raise ImportError("NewOrder fields changed: update engine.NEW_ORDER_FIELDS and its unpacking")
+STOP_KINDS: Final = (STOP, STOP_LIMIT, TRAILING_STOP)
 
 
 class Engine(AuctionMixin):
@@ -113,13 +121,23 @@ class Engine(AuctionMixin):
         gtd = self._gtd
         if gtd and gtd[0][0] <= ts:
             self._expire_due(ts)
-        handler = self._handlers.get(type(command))
-        if handler is None:
-            events.append(Rejected(seq, None, None, "invalid_order", f"unsupported command {type(command).__name__}"))
+        # The three commands of the order flow are dispatched directly (a
+        # native call when compiled), the rest through the handler table.
+        kind = type(command)
+        if kind is C.NewOrder:
+            self._on_new_order(command)  # type: ignore[arg-type]
+        elif kind is C.Cancel:
+            self._on_cancel(command)  # type: ignore[arg-type]
+        elif kind is C.Replace:
+            self._on_replace(command)  # type: ignore[arg-type]
         else:
+            handler = self._handlers.get(kind)
+            if handler is None:
+                events.append(Rejected(seq, None, None, "invalid_order", f"unsupported command {kind.__name__}"))
+                return events
             handler(command)
-            if self._releases:
-                self._drain_releases()
+        if self._releases:
+            self._drain_releases()
         return events
 
     # ------------------------------------------------------------- handlers
@@ -138,39 +156,48 @@ class Engine(AuctionMixin):
         """Time passed; GTD expiry already ran in ``apply``."""
 
     def _on_new_order(self, cmd: C.NewOrder) -> None:
-        inst = self.instruments.get(cmd.symbol)
+        # One C call reads every field (a compiled core pays a generic
+        # attribute lookup per field read on a msgspec Struct).
+        fields = astuple(cmd)
+        account: str
+        client_id: str
+        symbol: str
+        side: int
+        kind: int
+        qty: int
+        tif: int
+        post_only: bool
+        stp: int
+        account, client_id, symbol, side, kind, qty, price, _, _, _, _, tif, _, post_only, stp = fields
+        inst = self.instruments.get(symbol)
         if inst is None:
-            self._reject(cmd.client_id, cmd.account, "unknown_symbol", f"unknown symbol {cmd.symbol}")
+            self._reject(client_id, account, "unknown_symbol", f"unknown symbol {symbol}")
             return
-        if (cmd.account, cmd.client_id) in self.client_ids:
-            self._reject(
-                cmd.client_id, cmd.account, "duplicate_client_id", f"client_id {cmd.client_id} was already used"
-            )
+        if (account, client_id) in self.client_ids:
+            self._reject(client_id, account, "duplicate_client_id", f"client_id {client_id} was already used")
             return
-        kind = cmd.kind
-        price = cmd.price
         # Fast path: a plain GTC limit or IOC market order in continuous
         # trading passes every check below; skip straight to it.
         plain = (
-            cmd.qty > 0
-            and not cmd.post_only
+            qty > 0
+            and not post_only
             and not inst.in_call
-            and (cmd.side == BUY or cmd.side == SELL)
-            and 0 <= cmd.stp <= 4
+            and (side == BUY or side == SELL)
+            and 0 <= stp <= 4
             and (
-                (kind == LIMIT and cmd.tif == C.GTC and price is not None and price > 0)
-                or (kind == MARKET and cmd.tif == IOC and price is None)
+                (kind == LIMIT and tif == C.GTC and price is not None and price > 0)
+                or (kind == MARKET and tif == IOC and price is None)
             )
         )
         if not plain:
             problem = self._order_problem(cmd, inst)
             if problem is not None:
-                self._reject(cmd.client_id, cmd.account, problem[0], problem[1])
+                self._reject(client_id, account, problem[0], problem[1])
                 return
-            order = self._create_order(cmd)
+            order = self._order_from(fields, OPEN)
             self._submit(order, inst)
             return
-        order = self._create_order(cmd)
+        order = self._order_from(fields, OPEN)
         self._process_incoming(order, inst)
 
     def _order_problem(self, cmd: C.NewOrder, inst: InstrumentState) -> tuple[str, str] | None:
@@ -190,32 +217,37 @@ class Engine(AuctionMixin):
 
     def _create_order(self, cmd: C.NewOrder, status: int = OPEN) -> Order:
         """Assign an id, register the client id and emit ``accepted``."""
+        return self._order_from(astuple(cmd), status)
+
+    def _order_from(self, fields: tuple, status: int) -> Order:
+        """``_create_order`` from ``astuple(NewOrder)`` (field order: ``NEW_ORDER_FIELDS``)."""
+        account: str
+        client_id: str
+        symbol: str
+        side: int
+        kind: int
+        qty: int
+        tif: int
+        post_only: bool
+        stp: int
+        (account, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_pct, activation, tif,
+         expire_at, post_only, stp) = fields
         order_id = self.next_id
         self.next_id = order_id + 1
+        seq = self.seq
         order = Order(
-            order_id,
-            cmd.client_id,
-            cmd.account,
-            cmd.symbol,
-            cmd.side,
-            cmd.kind,
-            cmd.price,
-            cmd.qty,
-            cmd.tif,
-            cmd.expire_at if cmd.tif == GTD else None,
-            cmd.post_only,
-            cmd.stp,
-            self.seq,
+            order_id, client_id, account, symbol, side, kind, price, qty, tif,
+            expire_at if tif == GTD else None, post_only, stp, seq,
         )
-        if cmd.kind in STOP_KINDS:
-            order.trigger = cmd.trigger
-            order.trail_amount = cmd.trail_amount
-            order.trail_percent_e6 = cmd.trail_percent_e6
-            order.activation_price = cmd.activation_price
+        if kind in STOP_KINDS:
+            order.trigger = trigger
+            order.trail_amount = trail_amount
+            order.trail_percent_e6 = trail_pct
+            order.activation_price = activation
         order.status = status
         self.orders[order_id] = order
-        self.client_ids[(cmd.account, cmd.client_id)] = order_id
-        self._events.append(Accepted(self.seq, order_id, cmd.client_id, cmd.account, cmd.symbol))
+        self.client_ids[(account, client_id)] = order_id
+        self._events.append(Accepted(seq, order_id, client_id, account, symbol))
         if order.expire_at is not None:
             heapq.heappush(self._gtd, (order.expire_at, order_id))
         return order
@@ -764,12 +796,15 @@ def _check(condition: bool, what: str) -> None:
 
 def _check_side(engine: Engine, inst: InstrumentState, side_code: int, side: BookSide, seen: set[int]) -> None:
     levels = side.levels
+    prices = side.prices()
+    _check(sorted(levels) == prices and len(set(prices)) == len(prices), f"{inst.symbol} level keys out of order")
     if not levels:
         _check(side.best is None, f"{inst.symbol} best cached on an empty side")
         return
-    best_price = levels.peekitem(-1 if side.is_bid else 0)[0]
+    best_price = prices[-1] if side.is_bid else prices[0]
     _check(side.best is not None and side.best.price == best_price, f"{inst.symbol} cached best is stale")
-    for price, level in levels.items():
+    for price in prices:
+        level = levels[price]
         _check(isinstance(level, Level) and level.price == price, f"level key {price}")
         _check(level.count > 0 and level.head is not None, f"empty level {price} kept")
         qty = count = 0

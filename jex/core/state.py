@@ -30,13 +30,22 @@ STATE_VERSION = 1
 # Every Order slot except the links a restore rebuilds (queue pointers,
 # level, trailing group, group).
 _ORDER_FIELDS = tuple(f for f in ORDER_SLOTS if f not in ("prev", "next", "level", "trail_group", "group"))
+# _order_row and _restore_order spell these fields out (an attribute access
+# each instead of a getattr/setattr by name: ~4x faster per order); they
+# must follow _ORDER_FIELDS exactly, which this checks whenever a slot changes.
+_ORDER_ROW_FIELDS = (
+    "order_id", "client_id", "account", "symbol", "side", "kind", "price", "qty", "filled", "tif", "expire_at",
+    "post_only", "stp", "status", "priority_seq", "trigger", "trail_amount", "trail_percent_e6",
+    "activation_price", "extreme", "entry_seq", "orig_qty", "in_call",
+)  # fmt: skip
+assert _ORDER_FIELDS == _ORDER_ROW_FIELDS, "update _order_row and _restore_order with Order's slots"
 
 _condition_decoder = msgspec.msgpack.Decoder(C.Condition)
 _instrument_decoder = msgspec.msgpack.Decoder(C.Instrument)
 
 
 def export_state(engine) -> list:
-    orders = [[getattr(o, f) for f in _ORDER_FIELDS] for o in sorted(engine.orders.values(), key=lambda o: o.order_id)]
+    orders = [_order_row(o) for o in sorted(engine.orders.values(), key=lambda o: o.order_id)]
     instruments = []
     for symbol, inst in engine.instruments.items():
         book = []
@@ -63,9 +72,43 @@ def export_state(engine) -> list:
         {o.order_id: o for g in engine.groups.values() for o in g.members() if o.order_id not in engine.orders}.values(),
         key=lambda o: o.order_id,
     )
-    orders += [[getattr(o, f) for f in _ORDER_FIELDS] for o in ended]
+    orders += [_order_row(o) for o in ended]
     registry = [[a, c, i] for (a, c), i in engine.client_ids.items()]
     return [STATE_VERSION, engine.next_id, engine.seq, engine.ts, instruments, orders, groups, registry]
+
+
+def _order_row(o: Order) -> list:
+    """An order's exported fields, in _ORDER_FIELDS order."""
+    return [
+        o.order_id, o.client_id, o.account, o.symbol, o.side, o.kind, o.price, o.qty, o.filled, o.tif, o.expire_at,
+        o.post_only, o.stp, o.status, o.priority_seq, o.trigger, o.trail_amount, o.trail_percent_e6,
+        o.activation_price, o.extreme, o.entry_seq, o.orig_qty, o.in_call,
+    ]  # fmt: skip
+
+
+def _restore_order(row: list) -> Order:
+    """The Order an exported row describes, every field set; its links
+    (queue, level, trailing group, group) are set by whoever holds it. A row
+    of another length raises ValueError."""
+    (
+        order_id, client_id, account, symbol, side, kind, price, qty, filled, tif, expire_at, post_only, stp,
+        status, priority_seq, trigger, trail_amount, trail_percent_e6, activation_price, extreme, entry_seq,
+        orig_qty, in_call,
+    ) = row  # fmt: skip
+    order = Order(order_id, client_id, account, symbol, side, kind, price, qty, tif, expire_at, post_only, stp,
+                  entry_seq)  # fmt: skip
+    # The fields the constructor derives or defaults.
+    order.filled = filled
+    order.status = status
+    order.priority_seq = priority_seq
+    order.trigger = trigger
+    order.trail_amount = trail_amount
+    order.trail_percent_e6 = trail_percent_e6
+    order.activation_price = activation_price
+    order.extreme = extreme
+    order.orig_qty = orig_qty
+    order.in_call = in_call
+    return order
 
 
 def _export_group(group) -> list:
@@ -93,12 +136,15 @@ def restore_state(data: list, engine_class=None):
     engine = engine_class()
     engine.next_id, engine.seq, engine.ts = next_id, seq, ts
     orders: dict[int, Order] = {}
+    live: dict[int, Order] = {}
     for row in order_rows:
-        order = Order(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
-        for name, value in zip(_ORDER_FIELDS, row):
-            setattr(order, name, value)
+        order = _restore_order(row)
         orders[order.order_id] = order
-    engine.orders = {i: o for i, o in orders.items() if o.status != DONE}
+        if order.status != DONE:
+            live[order.order_id] = order
+        else:
+            live.pop(order.order_id, None)
+    engine.orders = live
     for row in instruments:
         config_bytes, last, volume, trades, in_call, call_market, top, book, stops, vpin = row
         inst = InstrumentState(_instrument_decoder.decode(config_bytes))

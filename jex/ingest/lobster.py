@@ -283,13 +283,14 @@ class EngineView:
         if inst is None:
             return []
         ticks = price // TICK_UNITS
-        if side == "sell":
-            levels = inst.book.asks.levels
-            keys = levels.irange(maximum=ticks, inclusive=(True, inclusive))
-        else:
-            levels = inst.book.bids.levels
-            keys = levels.irange(minimum=ticks, inclusive=(inclusive, True), reverse=True)
-        return [(o.account, o.client_id, o.qty) for key in keys for o in levels[key].orders()]
+        book_side = inst.book.asks if side == "sell" else inst.book.bids
+        out = []
+        for level in book_side.iter_levels():  # best first
+            better = level.price < ticks if side == "sell" else level.price > ticks
+            if not (better or (inclusive and level.price == ticks)):
+                break
+            out.extend((o.account, o.client_id, o.qty) for o in level.orders())
+        return out
 
 
 class View(Protocol):
