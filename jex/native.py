@@ -27,13 +27,15 @@ from pathlib import Path
 
 ENV = "JEX_CORE"
 CHOICES = ("auto", "pure", "compiled")
-# The modules mypyc compiles (setup.py reads this list). The codec, the
-# command and event Structs (msgspec) and the package __init__ stay Python.
+# The modules mypyc compiles (setup.py reads this list). The command, event
+# and wire Structs (msgspec), the exceptions and the package __init__ stay
+# Python.
 COMPILED = (
     "analytics",
     "auction",
     "base",
     "book",
+    "codec",
     "contingent",
     "decimal_grid",
     "engine",

@@ -19,216 +19,40 @@ Every refusal is a ``CommandError`` whose ``str()`` is one line,
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union, get_args
+from typing import Any
 
 import msgspec
 
 from . import commands as C
 from . import events as E
 from .decimal_grid import Grid, GridError, format_ratio
-
-# Limits on client-supplied values (named, with units).
-ID_CHARS_MAX = 64  # account and client_id length
-SYMBOL_CHARS_MAX = 32
-QTY_LOTS_MAX = 10**15
-PRICE_TICKS_MAX = 10**15
-TS_NS_MAX = 2**63 - 1
-CONDITION_DEPTH_MAX = 8
-CONDITION_LEAVES_MAX = 64
-TRAIL_PERCENT_DECIMALS_MAX = 6
-LINE_BYTES_MAX = 64 * 1024  # longest JSON command accepted
-RATIO_DECIMALS = 10  # decimals printed for ratios (imbalance, VPIN, microprice)
-
-
-def one_line(text: str) -> str:
-    """Escape line breaks and other control characters so that a message
-    quoting client input stays on one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-class CommandError(ValueError):
-    """Malformed or invalid input at the edge. ``str()`` is one line."""
-
-    def __init__(self, field: str, message: str) -> None:
-        field, message = one_line(field), one_line(message)
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-Num = Union[str, int]
-
-_WIRE = dict(forbid_unknown_fields=True, tag_field="type")
-
-
-class WInstrument(msgspec.Struct, tag="instrument", **_WIRE):
-    symbol: str
-    tick: str
-    lot: str
-    matching: Literal["fifo", "pro_rata"] = "fifo"
-    min_alloc: Num | None = None
-    top_order: bool = False
-    vpin_bucket: Num | None = None
-    vpin_window: int = 50
-    oco_mode: Literal["cancel_on_any_fill", "reduce", "cancel_on_full_fill"] = "cancel_on_any_fill"
-    post_only_mode: Literal["reject", "slide"] = "reject"
-    residual: Literal["fifo", "largest"] = "fifo"
-    stop_entry_check: bool = True
-    vpin_classify: Literal["aggressor", "tick", "bvc"] = "aggressor"
-    vpin_sigma: Num | None = None
-    vpin_bar_seconds: int = 60
-    ts: int | None = None
-
-
-_Side = Literal["buy", "sell"]
-_Kind = Literal["limit", "market", "stop", "stop_limit", "trailing_stop"]
-_Tif = Literal["GTC", "IOC", "FOK", "GTD"]
-_Stp = Literal["none", "expire_taker", "expire_maker", "expire_both", "decrement"]
-
-
-class WOrder(msgspec.Struct, tag="order", **_WIRE):
-    account: str
-    client_id: str
-    symbol: str
-    side: _Side
-    kind: _Kind
-    qty: Num
-    price: Num | None = None
-    trigger: Num | None = None
-    trail_amount: Num | None = None
-    trail_percent: Num | None = None
-    activation_price: Num | None = None
-    tif: _Tif | None = None
-    expire_at: int | None = None
-    post_only: bool = False
-    stp: _Stp = "none"
-    ts: int | None = None
-
-
-class WLeg(msgspec.Struct, forbid_unknown_fields=True):
-    """An order body inside a group (no ``type``; account/symbol default to the group's)."""
-
-    side: _Side
-    kind: _Kind
-    qty: Num
-    account: str | None = None
-    client_id: str | None = None
-    symbol: str | None = None
-    price: Num | None = None
-    trigger: Num | None = None
-    trail_amount: Num | None = None
-    trail_percent: Num | None = None
-    activation_price: Num | None = None
-    tif: _Tif | None = None
-    expire_at: int | None = None
-    post_only: bool = False
-    stp: _Stp = "none"
-
-
-class WCancel(msgspec.Struct, tag="cancel", **_WIRE):
-    account: str
-    client_id: str | None = None
-    order_id: int | None = None
-    ts: int | None = None
-
-
-class WReplace(msgspec.Struct, tag="replace", **_WIRE):
-    account: str
-    client_id: str | None = None
-    order_id: int | None = None
-    qty: Num | None = None
-    price: Num | None = None
-    ts: int | None = None
-
-
-class WOco(msgspec.Struct, tag="oco", **_WIRE):
-    account: str
-    client_id: str
-    symbol: str
-    legs: list[WLeg]
-    mode: Literal["cancel_on_any_fill", "reduce", "cancel_on_full_fill"] | None = None
-    ts: int | None = None
-
-
-class WTakeProfit(msgspec.Struct, forbid_unknown_fields=True):
-    price: Num
-
-
-class WStopLoss(msgspec.Struct, forbid_unknown_fields=True):
-    trigger: Num
-    price: Num | None = None
-
-
-class WBracket(msgspec.Struct, tag="bracket", **_WIRE):
-    account: str
-    client_id: str
-    symbol: str
-    entry: WLeg
-    take_profit: WTakeProfit
-    stop_loss: WStopLoss
-    activation: Literal["first_fill", "full_fill"] = "first_fill"
-    ts: int | None = None
-
-
-class WConditional(msgspec.Struct, tag="conditional", **_WIRE):
-    account: str
-    client_id: str
-    when: dict[str, Any]
-    order: WLeg
-    ts: int | None = None
-
-
-class WAuction(msgspec.Struct, tag="auction", **_WIRE):
-    symbol: str
-    action: Literal["open", "uncross"]
-    reference_price: Num | None = None
-    ts: int | None = None
-
-
-class WClock(msgspec.Struct, tag="clock", **_WIRE):
-    ts: int | None = None
-
-
-WireCommand = Union[WInstrument, WOrder, WCancel, WReplace, WOco, WBracket, WConditional, WAuction, WClock]
-
-_json_decoder = msgspec.json.Decoder(WireCommand)
-# Converting a dict into the union re-resolves it on every call (~17 µs);
-# dispatching on the tag first makes it ~1 µs.
-_WIRE_BY_TAG = {cls.__struct_config__.tag: cls for cls in get_args(WireCommand)}
-
-
-def _msgspec_error(exc: msgspec.MsgspecError) -> CommandError:
-    """Turn msgspec's message ('Expected `str`, got `int` - at `$.qty`') into a CommandError."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    field = "$"
-    if " - at `" in text:
-        text, _, path = text.rpartition(" - at `")
-        field = path.rstrip("`")
-    return CommandError(field, text)
-
-
-def decode_wire(data: bytes | str | dict) -> Any:
-    """Decode one JSON command (bytes/str line or already-parsed dict) to a wire Struct."""
-    try:
-        if isinstance(data, dict):
-            tag = data.get("type")
-            cls = _WIRE_BY_TAG.get(tag) if isinstance(tag, str) else None
-            if cls is None:
-                return msgspec.convert(data, WireCommand)  # for msgspec's own error message
-            return msgspec.convert(data, cls)
-        if isinstance(data, (bytes, bytearray, memoryview, str)):
-            if len(data) > LINE_BYTES_MAX:
-                raise CommandError("$", f"command longer than {LINE_BYTES_MAX} bytes")
-            return _json_decoder.decode(data)
-        raise CommandError("$", f"expected a JSON object, got {type(data).__name__}")
-    except msgspec.MsgspecError as exc:
-        raise _msgspec_error(exc) from None
-    except UnicodeError:
-        raise CommandError("$", "text is not valid UTF-8") from None
-    except RecursionError:
-        raise CommandError("$", "nested too deeply") from None
+from .wire import (  # re-exported: the edges import them from here
+    CONDITION_DEPTH_MAX,
+    CONDITION_LEAVES_MAX,
+    ID_CHARS_MAX,
+    LINE_BYTES_MAX,
+    PRICE_TICKS_MAX,
+    QTY_LOTS_MAX,
+    RATIO_DECIMALS,
+    SYMBOL_CHARS_MAX,
+    TRAIL_PERCENT_DECIMALS_MAX,
+    TS_NS_MAX,
+    CommandError,
+    Num,
+    WAuction,
+    WBracket,
+    WCancel,
+    WClock,
+    WConditional,
+    WInstrument,
+    WireCommand,
+    WLeg,
+    WOco,
+    WOrder,
+    WReplace,
+    decode_wire,
+    one_line,
+)
 
 
 class Catalog:
@@ -289,9 +113,11 @@ def _units(grid: Grid, value: Num, field: str, maximum: int, positive: bool = Tr
     return units
 
 
+_PERCENT_E6_GRID = Grid("0.000001")
+
+
 def _percent_e6(value: Num, field: str) -> int:
-    grid = Grid("0.000001")
-    units = _units(grid, value, field, 100_000_000)
+    units = _units(_PERCENT_E6_GRID, value, field, 100_000_000)
     if units >= 100_000_000:
         raise CommandError(field, "must be below 100 percent")
     return units
@@ -324,9 +150,18 @@ class Codec:
     def command(self, data: bytes | str | dict) -> tuple[C.Command, int | None]:
         """Decode and validate one command; returns (command, input ts or None)."""
         wire = decode_wire(data)
-        _check_ts(getattr(wire, "ts", None), "$.ts")
-        convert = getattr(self, "_" + type(wire).__name__[1:].lower())
-        return convert(wire), wire.ts
+        ts = wire.ts  # every wire command has an optional ts
+        _check_ts(ts, "$.ts")
+        # The order flow first, by exact type (a native call when compiled).
+        kind = type(wire)
+        if kind is WOrder:
+            return self._order(wire), ts
+        if kind is WCancel:
+            return self._cancel(wire), ts
+        if kind is WReplace:
+            return self._replace(wire), ts
+        convert = getattr(self, "_" + kind.__name__[1:].lower())
+        return convert(wire), ts
 
     def _grids(self, symbol: str, field: str) -> tuple[Grid, Grid]:
         if not symbol or len(symbol) > SYMBOL_CHARS_MAX:
@@ -380,42 +215,34 @@ class Codec:
 
     def _order_body(self, w: WOrder | WLeg, account: str, client_id: str, symbol: str, at: str) -> C.NewOrder:
         """Validate one order body (top-level order or a group's leg)."""
-        _check_id(account, f"{at}.account")
-        _check_id(client_id, f"{at}.client_id")
-        tick, lot = self._grids(symbol, f"{at}.symbol")
-        side = C.SIDE_NAMES.index(w.side)
-        kind = C.KIND_NAMES.index(w.kind)
-        qty = _units(lot, w.qty, f"{at}.qty", QTY_LOTS_MAX)
-
-        def price_of(value: Num | None, name: str) -> int | None:
-            return None if value is None else _units(tick, value, f"{at}.{name}", PRICE_TICKS_MAX)
-
-        price = price_of(w.price, "price")
-        trigger = price_of(w.trigger, "trigger")
-        trail_amount = price_of(w.trail_amount, "trail_amount")
-        activation = price_of(w.activation_price, "activation_price")
-        trail_pct = None if w.trail_percent is None else _percent_e6(w.trail_percent, f"{at}.trail_percent")
-        default_tif = "IOC" if kind == C.MARKET else "GTC"
-        tif = C.TIF_NAMES.index(w.tif or default_tif)
-        _check_ts(w.expire_at, f"{at}.expire_at")
-        _check_order_shape(kind, tif, price, trigger, trail_amount, trail_pct, activation, w.expire_at, w.post_only, at)
+        path = _paths(at)
+        _check_id(account, path["account"])
+        _check_id(client_id, path["client_id"])
+        tick, lot = self._grids(symbol, path["symbol"])
+        # msgspec already refused any name outside these Literal sets.
+        side = _SIDE_CODES[w.side]
+        kind = _KIND_CODES[w.kind]
+        qty = _units(lot, w.qty, path["qty"], QTY_LOTS_MAX)
+        value = w.price
+        price = None if value is None else _units(tick, value, path["price"], PRICE_TICKS_MAX)
+        value = w.trigger
+        trigger = None if value is None else _units(tick, value, path["trigger"], PRICE_TICKS_MAX)
+        value = w.trail_amount
+        trail_amount = None if value is None else _units(tick, value, path["trail_amount"], PRICE_TICKS_MAX)
+        value = w.activation_price
+        activation = None if value is None else _units(tick, value, path["activation_price"], PRICE_TICKS_MAX)
+        value = w.trail_percent
+        trail_pct = None if value is None else _percent_e6(value, path["trail_percent"])
+        tif_name = w.tif
+        tif = (C.IOC if kind == C.MARKET else C.GTC) if tif_name is None else _TIF_CODES[tif_name]
+        expire_at = w.expire_at
+        post_only = w.post_only
+        _check_ts(expire_at, path["expire_at"])
+        _check_order_shape(kind, tif, price, trigger, trail_amount, trail_pct, activation, expire_at, post_only, at)
         return C.NewOrder(
-            account,
-            client_id,
-            symbol,
-            side,
-            kind,
-            qty,
-            price,
-            trigger,
-            trail_amount,
-            trail_pct,
-            activation,
-            tif,
-            w.expire_at,
-            w.post_only,
-            C.STP_NAMES.index(w.stp),
-        )
+            account, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_pct, activation, tif,
+            expire_at, post_only, _STP_CODES[w.stp],
+        )  # fmt: skip
 
     def _leg(self, leg: WLeg, account: str, symbol: str, default_cid: str, at: str) -> C.NewOrder:
         if leg.account is not None and leg.account != account:
@@ -620,6 +447,25 @@ _QTY_FIELDS = {
     E.Prevented: ("qty",),
     E.AuctionResult: ("volume", "surplus"),
 }
+
+
+_SIDE_CODES = {name: code for code, name in enumerate(C.SIDE_NAMES)}
+_KIND_CODES = {name: code for code, name in enumerate(C.KIND_NAMES)}
+_TIF_CODES = {name: code for code, name in enumerate(C.TIF_NAMES)}
+_STP_CODES = {name: code for code, name in enumerate(C.STP_NAMES)}
+_ORDER_PATH_FIELDS = ("account", "client_id", "symbol", "qty", "price", "trigger", "trail_amount", "activation_price",
+                      "trail_percent", "expire_at")
+_path_cache: dict[str, dict[str, str]] = {}
+
+
+def _paths(at: str) -> dict[str, str]:
+    """JSON paths of an order body's fields under ``at`` ("$", "$.legs[0]",
+    "$.entry", ...: a handful of values, so cached)."""
+    paths = _path_cache.get(at)
+    if paths is None:
+        paths = {name: f"{at}.{name}" for name in _ORDER_PATH_FIELDS}
+        _path_cache[at] = paths
+    return paths
 
 
 def _check_target(client_id: str | None, order_id: int | None) -> None:

@@ -12,6 +12,7 @@ import re
 
 _DECIMAL_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")  # fullmatch: ASCII digits, no trailing newline
 DIGITS_MAX = 30  # longest decimal string (digits) accepted anywhere
+CACHE_ENTRIES_MAX = 4096  # per grid and direction; a full cache is emptied, not evicted entry by entry
 
 
 class GridError(ValueError):
@@ -36,7 +37,7 @@ def parse_decimal(text: str) -> tuple[int, int]:
 class Grid:
     """A decimal step, e.g. tick 0.01 or lot 1, with exact conversions."""
 
-    __slots__ = ("text", "mantissa", "exponent")
+    __slots__ = ("text", "mantissa", "exponent", "_units", "_texts")
 
     def __init__(self, text: str) -> None:
         mantissa, exponent = parse_decimal(text)
@@ -49,9 +50,25 @@ class Grid:
         self.text = text
         self.mantissa = mantissa
         self.exponent = exponent
+        # Prices and sizes repeat: remember recent conversions (valid ones
+        # only; a refused value is parsed, and refused, every time).
+        self._units: dict[str, int] = {}
+        self._texts: dict[int, str] = {}
 
     def to_units(self, value: str | int) -> int:
         """Exact number of grid steps in ``value``; GridError if off the grid."""
+        if type(value) is str:
+            cached = self._units.get(value)
+            if cached is not None:
+                return cached
+            units = self._to_units(value)
+            if len(self._units) >= CACHE_ENTRIES_MAX:
+                self._units.clear()
+            self._units[value] = units
+            return units
+        return self._to_units(value)
+
+    def _to_units(self, value: str | int) -> int:
         if isinstance(value, bool):
             raise GridError("expected a decimal string, got a boolean")
         if isinstance(value, int):
@@ -85,6 +102,15 @@ class Grid:
 
     def format(self, units: int) -> str:
         """Decimal string of ``units`` steps, with the step's number of decimals."""
+        text = self._texts.get(units)
+        if text is None:
+            text = self._format(units)
+            if len(self._texts) >= CACHE_ENTRIES_MAX:
+                self._texts.clear()
+            self._texts[units] = text
+        return text
+
+    def _format(self, units: int) -> str:
         value = units * self.mantissa
         exponent = self.exponent
         if exponent >= 0:
