@@ -12,7 +12,7 @@ Nothing here reads a clock, a random source or a hash-ordered container.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+import bisect
 from typing import Any, Final, Iterator
 
 
@@ -24,6 +24,10 @@ OPEN: Final = 1  # resting on the book (or in a call phase's market queue), or b
 DONE: Final = 2  # filled, cancelled or expired
 INACTIVE: Final = 3  # a group member waiting for its group (bracket child, conditional order)
 TRIGGERED: Final = 4  # a fired stop waiting in the release queue (only inside one apply)
+# C statics in the compiled core (no module-dict lookup per call).
+insort: Final = bisect.insort
+bisect_left: Final = bisect.bisect_left
+
 STATUS_NAMES = ("pending", "open", "done", "inactive", "triggered")
 
 

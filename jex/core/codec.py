@@ -19,7 +19,7 @@ Every refusal is a ``CommandError`` whose ``str()`` is one line,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -113,7 +113,13 @@ def _units(grid: Grid, value: Num, field: str, maximum: int, positive: bool = Tr
     return units
 
 
-_PERCENT_E6_GRID = Grid("0.000001")
+# C statics in the compiled codec (no module-dict lookup per use).
+_decode_wire: Final = decode_wire
+_WORDER: Final = WOrder
+_WCANCEL: Final = WCancel
+_WREPLACE: Final = WReplace
+_NEW_ORDER: Final = C.NewOrder
+_PERCENT_E6_GRID: Final = Grid("0.000001")
 
 
 def _percent_e6(value: Num, field: str) -> int:
@@ -149,16 +155,16 @@ class Codec:
 
     def command(self, data: bytes | str | dict) -> tuple[C.Command, int | None]:
         """Decode and validate one command; returns (command, input ts or None)."""
-        wire = decode_wire(data)
+        wire = _decode_wire(data)
         ts = wire.ts  # every wire command has an optional ts
         _check_ts(ts, "$.ts")
         # The order flow first, by exact type (a native call when compiled).
         kind = type(wire)
-        if kind is WOrder:
+        if kind is _WORDER:
             return self._order(wire), ts
-        if kind is WCancel:
+        if kind is _WCANCEL:
             return self._cancel(wire), ts
-        if kind is WReplace:
+        if kind is _WREPLACE:
             return self._replace(wire), ts
         convert = getattr(self, "_" + kind.__name__[1:].lower())
         return convert(wire), ts
@@ -239,7 +245,7 @@ class Codec:
         post_only = w.post_only
         _check_ts(expire_at, path["expire_at"])
         _check_order_shape(kind, tif, price, trigger, trail_amount, trail_pct, activation, expire_at, post_only, at)
-        return C.NewOrder(
+        return _NEW_ORDER(
             account, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_pct, activation, tif,
             expire_at, post_only, _STP_CODES[w.stp],
         )  # fmt: skip
@@ -439,8 +445,8 @@ class Codec:
         return self.catalog.known(symbol)[1].format(lots)
 
 
-_PRICE_FIELDS = {E.Trade: ("price",), E.Amended: ("price",), E.AuctionResult: ("price",)}
-_QTY_FIELDS = {
+_PRICE_FIELDS: Final = {E.Trade: ("price",), E.Amended: ("price",), E.AuctionResult: ("price",)}
+_QTY_FIELDS: Final = {
     E.Trade: ("qty",),
     E.Cancelled: ("remaining_qty",),
     E.Amended: ("qty",),
@@ -449,13 +455,13 @@ _QTY_FIELDS = {
 }
 
 
-_SIDE_CODES = {name: code for code, name in enumerate(C.SIDE_NAMES)}
-_KIND_CODES = {name: code for code, name in enumerate(C.KIND_NAMES)}
-_TIF_CODES = {name: code for code, name in enumerate(C.TIF_NAMES)}
-_STP_CODES = {name: code for code, name in enumerate(C.STP_NAMES)}
-_ORDER_PATH_FIELDS = ("account", "client_id", "symbol", "qty", "price", "trigger", "trail_amount", "activation_price",
+_SIDE_CODES: Final = {name: code for code, name in enumerate(C.SIDE_NAMES)}
+_KIND_CODES: Final = {name: code for code, name in enumerate(C.KIND_NAMES)}
+_TIF_CODES: Final = {name: code for code, name in enumerate(C.TIF_NAMES)}
+_STP_CODES: Final = {name: code for code, name in enumerate(C.STP_NAMES)}
+_ORDER_PATH_FIELDS: Final = ("account", "client_id", "symbol", "qty", "price", "trigger", "trail_amount", "activation_price",
                       "trail_percent", "expire_at")
-_path_cache: dict[str, dict[str, str]] = {}
+_path_cache: Final[dict[str, dict[str, str]]] = {}
 
 
 def _paths(at: str) -> dict[str, str]:

@@ -9,10 +9,11 @@ Decimal on the hot path), so ``"100.05"`` on a ``"0.01"`` grid is exactly
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_DECIMAL_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")  # fullmatch: ASCII digits, no trailing newline
-DIGITS_MAX = 30  # longest decimal string (digits) accepted anywhere
-CACHE_ENTRIES_MAX = 4096  # per grid and direction; a full cache is emptied, not evicted entry by entry
+_DECIMAL_RE: Final = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")  # fullmatch: ASCII digits, no trailing newline
+DIGITS_MAX: Final = 30  # longest decimal string (digits) accepted anywhere
+CACHE_ENTRIES_MAX: Final = 4096  # per grid and direction; a full cache is emptied, not evicted entry by entry
 
 
 class GridError(ValueError):

@@ -28,7 +28,7 @@ from typing import Any, Callable, Final
 
 import msgspec
 import xxhash
-from msgspec.structs import astuple
+import msgspec.structs
 
 from . import analytics
 from . import commands as C
@@ -56,11 +56,26 @@ from .commands import (
 )
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
 from .errors import InvariantError
-from .events import Accepted, Amended, Cancelled, InstrumentAdded, Prevented, Rejected, Trade
+from . import events as E
 from .prorata import allocate
 from .state import export_state
 from .stops import StopBook
 from .vpin import Vpin, toxicity
+
+# Final aliases of the classes and functions the hot path calls: the compiled
+# core keeps a Final in a C static instead of looking the name up in the
+# module's dict at every use.
+Accepted: Final = E.Accepted
+Amended: Final = E.Amended
+Cancelled: Final = E.Cancelled
+InstrumentAdded: Final = E.InstrumentAdded
+Prevented: Final = E.Prevented
+Rejected: Final = E.Rejected
+Trade: Final = E.Trade
+NEW_ORDER: Final = C.NewOrder
+CANCEL: Final = C.Cancel
+REPLACE: Final = C.Replace
+astuple: Final = msgspec.structs.astuple
 
 _AGGRESSOR: Final = ("buy", "sell")
 # ``_on_new_order`` and ``_order_from`` unpack ``astuple(NewOrder)`` in this order.
@@ -124,11 +139,11 @@ class Engine(AuctionMixin):
         # The three commands of the order flow are dispatched directly (a
         # native call when compiled), the rest through the handler table.
         kind = type(command)
-        if kind is C.NewOrder:
+        if kind is NEW_ORDER:
             self._on_new_order(command)  # type: ignore[arg-type]
-        elif kind is C.Cancel:
+        elif kind is CANCEL:
             self._on_cancel(command)  # type: ignore[arg-type]
-        elif kind is C.Replace:
+        elif kind is REPLACE:
             self._on_replace(command)  # type: ignore[arg-type]
         else:
             handler = self._handlers.get(kind)
