@@ -185,3 +185,43 @@ def test_many_threads_each_get_their_own_results(tmp_path):
             t.join(30)
         assert not errors
         assert gw.read(lambda x: x.journal.last_seq).result(10) == 1 + 8 * 50
+
+
+def test_requests_arriving_during_a_write_go_out_together_in_the_next_one(tmp_path):
+    """Group commit without a timer: the first request is written at once;
+    those that arrive while that write is in flight are matched and written
+    together as soon as it is durable; each is released only after its own
+    batch is durable."""
+    storage = GatedStorage()
+    with open_gateway(tmp_path, storage) as gw:
+        gw.submit(INSTRUMENT).result(10)
+        storage.hold()
+        first = gw.submit(order("p0", side="sell", account="B", qty="10"))
+        assert storage.waiting.wait(10)  # written at once, its sync held
+        drains_before = gw.drains
+        rest = [gw.submit(order(f"p{i}", price="100.00", qty="1")) for i in range(1, 11)]
+        read = gw.read(lambda x: x.book("X"))
+        time.sleep(0.2)
+        assert not first.done() and not any(f.done() for f in rest) and not read.done()
+        storage.release()
+        results = [f.result(10) for f in [first, *rest]]
+        assert [r.seq for r in results] == list(range(2, 13))
+        assert all(any(e["type"] == "trade" for e in r.events) for r in results[1:])
+        assert read.result(10)["asks"] == []  # the read saw every submit queued before it
+        assert gw.drains - drains_before == 2  # the held batch, then everything that waited for it
+
+
+def test_a_failed_write_fails_the_batch_matched_behind_it(tmp_path):
+    """A batch matched while the previous write was in flight is never
+    acknowledged when that write fails, nor anything after it."""
+    storage = FailingStorage()
+    gw = open_gateway(tmp_path, storage)
+    gw.submit(INSTRUMENT).result(10)
+    storage.fail_syncs()
+    futures = [gw.submit(order(f"x{i}")) for i in range(50)]
+    for future in futures:
+        with pytest.raises(GatewayStopped):
+            future.result(10)
+    assert gw.wait_stopped(10)
+    gw.stop()
+    assert [r.seq for r in read_records(tmp_path / "wal")][:1] == [1]

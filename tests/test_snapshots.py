@@ -298,6 +298,86 @@ def test_replay_from_genesis_and_from_each_snapshot_is_identical(tmp_path):
     assert not bad.ok and not bad.snapshots[-1]["ok"]
 
 
+def test_recovery_trusts_the_body_checksum_not_a_second_digest(tmp_path, monkeypatch):
+    """Recovery does not recompute Engine.digest() of the restored state
+    (store.load(check_digest=False)): the header's digest must equal the
+    verified body checksum instead. Verification (store.load's default,
+    `replay --verify`) still recomputes it."""
+    live = build(tmp_path, prune_wal=False)
+    newest = snapshot_paths(tmp_path)[-1]
+    header = store.read_header(newest)
+    assert header.digest == header.body_checksum  # the digest is the hash of the exported state: the body
+    computed = []
+    original = Engine.digest
+    monkeypatch.setattr(Engine, "digest", lambda self: computed.append(1) or original(self))
+    result = recover(wal_view(tmp_path / "wal"), snapshot_dir(tmp_path))
+    assert result.start.path == newest and not computed
+    assert store.load(newest).engine is not None and computed
+    monkeypatch.undo()
+    assert result.engine.digest() == live
+
+
+def _log_with_a_tail_after_the_newest_snapshot(path: Path) -> tuple[int, int, str]:
+    """Snapshots at two seqs, then more commands; (older seq, newest seq, live digest)."""
+    commands = flow(5, 1800)
+    with open_node(path, prune_wal=False) as node:
+        submit(node, commands[:600])
+        node.snapshot()
+        submit(node, commands[600:1200])
+        node.snapshot()
+        submit(node, commands[1200:])
+        live = node.digest()
+    older, newest = (s.seq for s in list_snapshots(snapshot_dir(path)).snapshots)
+    return older, newest, live
+
+
+def test_opening_refuses_damage_after_the_newest_snapshot(tmp_path):
+    """Opening verifies the log from the newest snapshot's record on
+    (Journal.open(verify_from=...)): damage there is refused as it always
+    was, naming file, offset, seq and reason, and nothing is changed."""
+    from jex.journal import damage
+    from jex.journal.errors import JournalCorrupt
+
+    _, newest, _ = _log_with_a_tail_after_the_newest_snapshot(tmp_path)
+    records = [r for r in damage.locate_all(tmp_path / "wal") if r.type == 1]
+    for victim in (next(r for r in records if r.seq > newest), records[len(records) - 40]):
+        root = tmp_path / f"copy-{victim.seq}"
+        shutil.copytree(tmp_path, root, ignore=shutil.ignore_patterns("LOCK", "copy-*"))
+        path = root / "wal" / victim.path.name
+        damage.flip_bit(path, victim.payload_offset + 1)
+        full = verify(root / "wal")
+        assert full.decision is Decision.CORRUPT and full.problem.seq == victim.seq
+        before = damage.file_hashes(root / "wal")
+        with pytest.raises(JournalCorrupt) as caught:
+            open_node(root)
+        assert (caught.value.seq, caught.value.offset, caught.value.reason) == (
+            victim.seq, victim.offset, full.row)  # fmt: skip
+        assert caught.value.path.name == victim.path.name and "body_checksum" in str(caught.value)
+        assert damage.file_hashes(root / "wal") == before
+
+
+def test_opening_from_a_snapshot_does_not_read_the_records_before_it(tmp_path):
+    """What opening does not verify, stated: the records before the newest
+    snapshot's (only their segments' headers). Damage there does not stop a
+    node that does not need them; `jex journal verify` still refuses the
+    log, and every read that reaches the damage refuses it too."""
+    from jex.journal import damage
+    from jex.journal.errors import JournalCorrupt
+
+    older, newest, live = _log_with_a_tail_after_the_newest_snapshot(tmp_path)
+    victim = next(r for r in damage.locate_all(tmp_path / "wal") if r.type == 1 and 10 < r.seq < older)
+    damage.flip_bit(victim.path, victim.payload_offset + 1)
+    assert verify(tmp_path / "wal").decision is Decision.CORRUPT
+    with open_node(tmp_path) as node:
+        assert node.recovered_from.seq == newest and node.digest() == live
+        assert node.journal.report.verified_from_seq == newest
+        with pytest.raises(JournalCorrupt) as caught:
+            list(node.journal.records(1))
+        assert caught.value.seq == victim.seq
+    with pytest.raises(JournalCorrupt):
+        genesis_digest(tmp_path)
+
+
 # --- retention and pruning -----------------------------------------------------------------------
 
 

@@ -79,6 +79,9 @@ def figures(result: dict) -> list[dict]:
                          "rebuild() of the same log", replay_s))
         rows.append(_row("snapshot", f"{n}: snapshot load", snap["load"]["seconds"], "s",
                          "rebuild() of the same log", replay_s))
+        if "load_recovery" in snap:
+            rows.append(_row("snapshot", f"{n}: snapshot load as recovery does (no digest)",
+                             snap["load_recovery"]["seconds"], "s", "snapshot load", snap["load"]["seconds"]))
         rows.append(_row("snapshot", f"{n}: recovery from snapshot", snap["recovery_snapshot"]["to_first_command_s"],
                          "s", "recovery from genesis", snap["recovery_genesis"]["to_first_command_s"]))
     return rows

@@ -13,8 +13,10 @@ recovers, and checks. The faults (scenarios.py):
     power-random  power loss keeping a random subset of unsynced blocks, torn or zeroed
     io-error      EIO / ENOSPC / a short write on a WAL write or fdatasync
     bitflip       a bit flipped in a copy of the data directory (a record before
-                  the final batch: must be refused; or the newest snapshot:
-                  must fall back to an older start with the same state)
+                  the final batch: must be refused, or, before the newest
+                  snapshot's record, which opening does not read, must start
+                  from that snapshot; or the newest snapshot: must fall back
+                  to an older start with the same state)
     torn          the log's tail cut, zeroed or followed by garbage in a copy:
                   must be repaired, keeping everything before the damage
 

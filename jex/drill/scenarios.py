@@ -30,6 +30,7 @@ from jex.drill.ledger import Ledger
 from jex.journal import Decision, JournalCorrupt, JournalIOError, JournalUnproven, damage
 from jex.journal.faultfs import FaultStorage, PowerCut
 from jex.journal.limits import RECORD_HEADER_BYTES
+from jex.replay.recover import recovery_anchor
 from jex.snapshots import list_snapshots, snapshot_dir
 
 NODE_KILL_POINTS = ("before_write", "after_write_before_fsync", "after_fsync_before_ack", "mid_rollover")
@@ -284,10 +285,14 @@ def _nothing_more_acknowledged(run: Run, node) -> None:
 
 def bitflip(run: Run) -> None:
     """Flip one bit in a copy of a data directory. In a record followed by a
-    later batch: `jex journal verify` and `jex journal repair` exit 3, the node
-    refuses to start (JournalCorrupt, not merely unproven), and no file
-    changes. In the newest snapshot (a quarter of the runs that have one):
-    recovery falls back to an older start and reaches the same state."""
+    later batch: `jex journal verify` and `jex journal repair` exit 3, and the
+    node refuses to start (JournalCorrupt, not merely unproven) with no file
+    changed, unless the record lies before the newest snapshot's: opening
+    verifies the log from that record on (docs/snapshots.md, "What opening
+    verifies"), so the node starts from that snapshot and must reach the
+    acknowledged state without touching the damaged segment. In the newest
+    snapshot (a quarter of the runs that have one): recovery falls back to an
+    older start and reaches the same state."""
     run.configure(batch=run.rng.choice(BATCH_CHOICES[:-1]))  # several batches, so a flip can precede a later one
     run.history(len(run.lines))
     copy = run.workdir / "copy"
@@ -313,6 +318,8 @@ def _flip_record(run: Run, copy) -> None:
     run.require(verify_cli.returncode == 3, f"`jex journal verify` exited {verify_cli.returncode}, not 3")
     repair_cli = run_jex(copy, "journal", "repair")
     run.require(repair_cli.returncode == 3, f"`jex journal repair` exited {repair_cli.returncode}, not 3")
+    run.require(_hashes(copy) == before, "files changed after the refusals")
+    anchor = recovery_anchor(copy)
     try:
         with run.quiet():
             node = run.open_node(copy)
@@ -325,9 +332,32 @@ def _flip_record(run: Run, copy) -> None:
             run.fail(f"a flip before a later batch was judged merely unproven (repair --final-batch would "
                      f"quarantine acknowledged records): {error}")
     else:
-        close_quietly(node)
-        run.fail(f"the node started on a log with a flipped bit in seq {target.seq}")
+        try:
+            if anchor is None or target.seq >= anchor.seq:
+                run.fail(f"the node started on a log with a flipped bit in seq {target.seq}")
+            else:
+                _check_started_before_anchor(run, node, anchor.seq)
+        finally:
+            close_quietly(node)
+        damaged = target.path.name
+        run.require(_hashes(copy).get(f"wal/{damaged}") == before[f"wal/{damaged}"],
+                    f"the node changed the damaged segment {damaged}")
+        return
     run.require(_hashes(copy) == before, "files changed after the refusals")
+
+
+def _check_started_before_anchor(run: Run, node, anchor_seq: int) -> None:
+    """The flip lies before the newest snapshot's record, which opening does
+    not read: the node must have started from that snapshot, in the state
+    the acknowledged commands give (the refusals above already came from the
+    full verification)."""
+    run.result.detected += 1
+    run.note(f"started-from-snapshot-{node.recovered_from.seq} (flip before the verified part)")
+    run.require(node.recovered_from.seq == anchor_seq,
+                f"the node started from {node.recovered_from.name}, not the snapshot at seq {anchor_seq}")
+    run.require(node.journal.report.verified_from_seq == anchor_seq,
+                f"opening verified from seq {node.journal.report.verified_from_seq}, not {anchor_seq}")
+    run.check_digest(node)
 
 
 def _unprovable(records, ends, target, offset: int) -> bool:
@@ -447,7 +477,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("power-drop", power_drop, "power loss keeping only synced data (fault-injecting storage)"),
         Scenario("power-random", power_random, "power loss keeping random unsynced blocks, torn or zeroed"),
         Scenario("io-error", io_error, "EIO/ENOSPC/short write on a WAL write or fdatasync"),
-        Scenario("bitflip", bitflip, "one bit flipped in a copy: refused (exit 3, unchanged) or snapshot fallback"),
+        Scenario("bitflip", bitflip, "one bit flipped in a copy: refused (exit 3, unchanged), or started from the "
+                                      "newest snapshot if before it, or snapshot fallback"),
         Scenario("torn", torn, "a torn tail in a copy: verify says torn, repair keeps everything before it"),
     )
 }

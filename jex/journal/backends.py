@@ -30,6 +30,9 @@ UringBackend    io_uring through the `liburing` package, in one of three modes:
     called, a negative result raises OSError. Buffers stay referenced until
     their completion has arrived; close() drains and exits the ring. The
     ring is marked DONTFORK so a forked snapshot child cannot touch it.
+    wait() blocks on an eventfd registered with the ring (a plain read(),
+    which releases the GIL; the wrapper's io_uring_wait_cqe holds it, which
+    would stall every other thread, e.g. the API's, for the whole commit).
     `setup_flags` may add IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN; the ring
     is then bound to the thread that opened the journal (submits from any
     other thread fail with EEXIST), which is why they are off by default.
@@ -49,8 +52,10 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import select
 import sys
 import threading
+import time
 from pathlib import Path
 
 from jex.journal.errors import JournalError
@@ -72,6 +77,10 @@ class Backend:
     """The writer interface (see module docstring)."""
 
     name = "abstract"
+    # True when a submitted write makes progress on the device while the
+    # caller does other work (so matching the next batch meanwhile hides the
+    # write); False when the device work happens inside wait().
+    asynchronous = False
 
     def attach(self, path: Path, end_offset: int) -> None:
         raise NotImplementedError
@@ -89,10 +98,17 @@ class Backend:
     def in_flight(self) -> bool:
         raise NotImplementedError
 
+    def completed(self) -> bool:
+        """True when wait() would not block on the device (nothing in
+        flight, or its completion has arrived; always for a synchronous
+        backend, whose device work happens inside wait())."""
+        return True
+
 
 class PwriteBackend(Backend):
     """pwrite in submit (so `after_write_before_fsync` sits between write and
-    sync), fdatasync in wait. Everything goes through Storage."""
+    sync), fdatasync in wait. Everything goes through Storage. Not
+    asynchronous: the data only goes to the device in wait()."""
 
     name = "pwrite"
 
@@ -226,6 +242,8 @@ _WRITE, _FSYNC = 1, 2  # user_data kinds; user_data = generation << 2 | kind
 class UringBackend(Backend):
     """io_uring writer (see module docstring for the three modes)."""
 
+    asynchronous = True
+
     def __init__(self, mode: str = URING_MODE_DEFAULT, *, setup_flags: int = 0, skip_success: bool = False) -> None:
         import liburing
 
@@ -235,11 +253,7 @@ class UringBackend(Backend):
         self.mode = mode
         self.setup_flags = setup_flags
         self.skip_success = skip_success
-        self._ring = liburing.Ring()
-        liburing.io_uring_queue_init(URING_ENTRIES, self._ring, setup_flags)
-        liburing.io_uring_ring_dontfork(self._ring)  # A forked snapshot child must not touch it.
         self._cqe = liburing.Cqe()
-        self._ring_open = True
         self._fd: int | None = None
         self._generation = 0
         self._buffers: list = []  # Everything the kernel may still read; freed only after completion.
@@ -247,6 +261,22 @@ class UringBackend(Backend):
         self._aligned: _AlignedBuffer | None = None
         self._tail = b""  # O_DIRECT: bytes of the partial block before the write offset.
         self._end = 0
+        self._event_fd: int | None = None
+        self._ring = liburing.Ring()
+        liburing.io_uring_queue_init(URING_ENTRIES, self._ring, setup_flags)
+        self._ring_open = True
+        try:
+            liburing.io_uring_ring_dontfork(self._ring)  # A forked snapshot child must not touch it.
+            if not setup_flags & liburing.IORING_SETUP_DEFER_TASKRUN:
+                # Completions also bump an eventfd, which is waited on with a
+                # plain read(): that releases the GIL, io_uring_wait_cqe does
+                # not. (DEFER_TASKRUN posts completions only from inside
+                # io_uring_enter, so it keeps io_uring_wait_cqe.)
+                self._event_fd = os.eventfd(0, os.EFD_CLOEXEC)
+                liburing.io_uring_register_eventfd(self._ring, self._event_fd)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -255,6 +285,9 @@ class UringBackend(Backend):
     @property
     def in_flight(self) -> bool:
         return self._op is not None
+
+    def completed(self) -> bool:
+        return self._op is None or self._L.io_uring_cq_ready(self._ring) > 0
 
     # --- segment files -------------------------------------------------------
 
@@ -418,6 +451,9 @@ class UringBackend(Backend):
     def _next_completion(self, timeout_s: float | None) -> tuple[int, int]:
         """One completion: user_data read first, cqe_seen always called."""
         L = self._L
+        if self._event_fd is not None:
+            self._await_completion(timeout_s)
+            timeout_s = None  # A completion is ready: the wait below returns at once.
         while True:
             try:
                 if timeout_s is None:
@@ -440,6 +476,26 @@ class UringBackend(Backend):
             raise OSError(errno.EIO, f"unexpected io_uring completion {user_data:#x} (generation {self._generation})")
         return kind, res
 
+    def _await_completion(self, timeout_s: float | None) -> None:
+        """Block until a completion is in the ring, GIL released (a read of
+        the eventfd, or poll() with a timeout: OSError ETIME when it
+        passes). The eventfd may still count completions already reaped:
+        the ring, not the count, says whether one is ready."""
+        ready, ring, event_fd = self._L.io_uring_cq_ready, self._ring, self._event_fd
+        if timeout_s is None:
+            while not ready(ring):
+                os.read(event_fd, 8)
+            return
+        deadline = time.monotonic() + timeout_s
+        poller = select.poll()  # not select(): the descriptor may be above FD_SETSIZE in a busy server
+        poller.register(event_fd, select.POLLIN)
+        while not ready(ring):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OSError(errno.ETIME, "timed out waiting for an io_uring completion")
+            if poller.poll(max(1, int(left * 1000))):
+                os.read(event_fd, 8)
+
     def _forget_op(self) -> None:
         self._op = None
         self._buffers.clear()
@@ -458,6 +514,9 @@ class UringBackend(Backend):
             self._forget_op()
         self._L.io_uring_queue_exit(self._ring)
         self._ring_open = False
+        if self._event_fd is not None:
+            os.close(self._event_fd)
+            self._event_fd = None
         self._close_fd()
         if self._aligned is not None:
             self._aligned.give_back()

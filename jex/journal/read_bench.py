@@ -10,7 +10,11 @@ times (best of --rounds, page cache warm):
 
     read_records   verify the log (scan) and read every record back
     scan           verify and decide only (what `jex journal verify` does)
-    Journal.open   lock, fsync, scan, resume (what the node does at start)
+    Journal.open   lock, fsync, scan, resume (what the node does at start
+                   without a snapshot)
+    open@anchor    the same from an anchor at the log's last record (what
+                   the node does with a snapshot taken there:
+                   verify_from=its seq and chain value)
     records()      read every record back through an open journal (replay)
 
 and prints records/s for each. Not a test: numbers depend on the machine
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jex.journal.limits import BATCH_RECORDS_MAX, MIB
+from jex.journal.reader import Anchor
 from jex.journal.scan import read_records, scan
 from jex.journal.writer import Journal
 
@@ -59,6 +64,14 @@ def measure(wal: Path, count: int, rounds: int) -> dict[str, float]:
     def open_close() -> None:
         Journal.open(wal, backend="pwrite", prepare_ahead=False).close()
 
+    report = scan(wal)
+    anchor = Anchor(report.last_seq, report.chain)
+
+    def open_anchored() -> None:
+        journal = Journal.open(wal, backend="pwrite", prepare_ahead=False, verify_from=anchor)
+        assert journal.report.verified_from_seq == anchor.seq
+        journal.close()
+
     def replay() -> None:
         deque(journal.records(), maxlen=0)
 
@@ -66,6 +79,7 @@ def measure(wal: Path, count: int, rounds: int) -> dict[str, float]:
         "read_records": best_s(lambda: deque(read_records(wal), maxlen=0), rounds),
         "scan": best_s(lambda: scan(wal), rounds),
         "Journal.open": best_s(open_close, rounds),
+        "open@anchor": best_s(open_anchored, rounds),
     }
     with Journal.open(wal, backend="pwrite", prepare_ahead=False) as journal:
         assert journal.last_seq >= count
@@ -84,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="jex-read-bench-", dir=args.dir)) if args.dir is None else args.dir
     try:
         print(f"{'records':>9} {'segs':>4}  " + "  ".join(f"{name:>26}" for name in
-              ("read_records", "scan", "Journal.open", "records()")))  # fmt: skip
+              ("read_records", "scan", "Journal.open", "open@anchor", "records()")))  # fmt: skip
         for count in (int(c) for c in args.counts.split(",")):
             wal = root / f"n{count}-p{args.payload_bytes}" / "wal"
             if not wal.is_dir():

@@ -27,9 +27,10 @@ everything before it was synced. Version-1 records carry no flag and count
 as ending a batch each, i.e. they give recovery no new information. Any
 other bit pattern in the type byte is unknown_type.
 
-Encoding a batch is the WAL hot path: `encode_batch` writes every record of
-a batch into ONE preallocated bytearray with a precompiled Struct and two
-xxh3 digests per record, so the writer issues one write per batch.
+Encoding a batch is the WAL hot path: `encode_records` (the node's columnar
+form; `encode_batch` takes (seq, ts, payload) tuples) frames every record of
+a batch with a precompiled Struct and two xxh3 digests and joins them into
+ONE bytearray, so the writer issues one write per batch.
 
 Decoding never trusts a field before the header checksum has verified it,
 checks payload_len against its bound before touching the payload, and
@@ -161,31 +162,65 @@ def encode_batch(
     `ts_floor`: the sequencer stamps both and replay relies on them, so a
     violation is a caller bug and raises ValueError before anything is
     written. `version` 1 exists only to rebuild a SEAL that a version-1 log
-    is missing (scan.SegmentEnd.seal_record). O(total bytes); per record one
-    pack, two digests and four list appends, then one join (measured ~0.4 us
-    per 64-byte record, about twice as fast as packing into a preallocated
-    buffer through memoryviews).
+    is missing (scan.SegmentEnd.seal_record). The records are encoded by
+    `encode_records`.
     """
     if not entries:
         raise ValueError("empty batch")
+    seq_want = expect_seq
+    for seq, _, _ in entries:
+        if seq != seq_want:
+            raise ValueError(f"seq {seq} is not the next seq {seq_want}")
+        seq_want += 1
+    return encode_records(
+        expect_seq, [entry[1] for entry in entries], [entry[2] for entry in entries],
+        parent=parent, nonce=nonce, ts_floor=ts_floor, record_type=record_type, version=version,
+    )  # fmt: skip
+
+
+def encode_records(
+    first_seq: int,
+    stamps: Sequence[int],
+    payloads: Sequence[bytes],
+    *,
+    parent: bytes,
+    nonce: int,
+    ts_floor: int,
+    record_type: int = RecordType.COMMAND,
+    version: int = VERSION,
+) -> tuple[bytearray, bytes, int]:
+    """Encode one batch given as columns: records first_seq, first_seq + 1,
+    ... with timestamps `stamps` and payloads `payloads` (the node's form: no
+    tuple per record). Same result and checks as `encode_batch`.
+
+    O(total bytes); per record one pack, two digests and four list appends,
+    then one join (measured ~0.3 us per 64-byte record, about twice as fast
+    as packing into a preallocated buffer through memoryviews).
+    """
+    count = len(payloads)
+    if not count:
+        raise ValueError("empty batch")
+    if len(stamps) != count:
+        raise ValueError(f"{len(stamps)} timestamps for {count} payloads")
     assert version in VERSIONS_READABLE and record_type in RECORD_TYPES
     parts: list[bytes] = []
     append = parts.append
     pack = HEADER_BODY.pack
     digest = _digest
     pads = _PADS
-    seq_want = expect_seq
     ts_last = ts_floor
-    last_seq = expect_seq + len(entries) - 1
+    seq = first_seq
+    last_seq = first_seq + count - 1
     type_inner = type_byte(record_type, version, batch_end=False)
     type_last = type_byte(record_type, version, batch_end=True)
-    for seq, ts_ns, payload in entries:
+    payload_max = PAYLOAD_BYTES_MAX
+    for ts_ns, payload in zip(stamps, payloads):
         n = len(payload)
-        if seq != seq_want or ts_ns < ts_last or n > PAYLOAD_BYTES_MAX:
-            _reject_entry(seq, seq_want, ts_ns, ts_last, n)
-        kind = type_last if seq == last_seq else type_inner
+        if ts_ns < ts_last or n > payload_max:
+            _reject_entry(seq, seq, ts_ns, ts_last, n)
         try:
-            body = pack(digest(payload), parent, seq, nonce, ts_ns, n, kind, version, MAGIC)
+            body = pack(digest(payload), parent, seq, nonce, ts_ns, n, type_last if seq == last_seq else type_inner,
+                        version, MAGIC)  # fmt: skip
         except struct.error as error:  # A seq or timestamp outside u64.
             raise ValueError(f"seq {seq}, timestamp {ts_ns}: {error}") from None
         parent = digest(body)
@@ -193,7 +228,7 @@ def encode_batch(
         append(body)
         append(payload)
         append(pads[-n & _PAD_MASK])
-        seq_want += 1
+        seq += 1
         ts_last = ts_ns
     return bytearray().join(parts), parent, ts_last
 

@@ -83,6 +83,13 @@ damage. A closed segment's bytes beyond the window are not read: nothing is
 ever written there, and the successor's header, which continues the chain
 from this segment's last record, shows that no acknowledged record is.
 
+Anchored scans. scan(start=Anchor(seq, chain)) (Journal.open(verify_from=),
+the node passing its newest snapshot's record) reads only the headers of the
+segments before the one holding that record, finds the record by its chain
+value (reader.find_anchor) and walks from it: everything from there on is
+judged exactly as above, nothing before it is read. Where the shortcut does
+not apply cleanly the whole log is scanned (see scan()).
+
 Public: scan(), verify(), stat(), read_records(), iter_segment_records(),
 decide(), DECISION_TABLE, Report. No function here writes anything.
 """
@@ -91,7 +98,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -104,7 +111,16 @@ from jex.journal.limits import (
     SEGMENT_HEADER_BYTES,
     TORN_WINDOW_BYTES,
 )
-from jex.journal.reader import Beyond, SegmentCursor, last_nonzero, read_tail, scan_beyond, zero_after
+from jex.journal.reader import (
+    Anchor,
+    Beyond,
+    find_anchor,
+    last_nonzero,
+    read_tail,
+    scan_beyond,
+    segment_cursor,
+    zero_after,
+)
 from jex.journal.record import (
     VERSION,
     VERSIONS_READABLE,
@@ -387,6 +403,9 @@ class Report:
     active_header: SegmentHeader | None  # the last segment's header
     tmp_files: list[Path] = field(default_factory=list)
     final_batch: FinalBatch | None = None  # set for row unproven_final_batch
+    # The first seq whose record this scan verified: first_seq for a full
+    # scan, the anchor's seq for an anchored one (scan(start=...)).
+    verified_from_seq: int = 0
 
     @property
     def ok(self) -> bool:
@@ -435,10 +454,34 @@ class _Walk:
     beyond: Beyond | None = None  # what lies after `tail`, when it was read (_needs_beyond)
 
 
-def scan(wal_dir: Path, *, storage: Storage | None = None) -> Report:
-    """Verify the whole log and decide. Reads only; one chunk in memory at a
-    time. O(record bytes) (~0.8 us per 64-byte record) plus, for the last
-    segment only, a memcmp-speed pass over its zeros (~9 ms per 64 MiB)."""
+def scan(
+    wal_dir: Path,
+    *,
+    storage: Storage | None = None,
+    start: Anchor | None = None,
+    consume: Callable[[Iterator[Record]], object] | None = None,
+) -> Report:
+    """Verify the log and decide. Reads only; one chunk in memory at a time.
+    O(record bytes) (~0.8 us per 64-byte record) plus, for the last segment
+    only, a memcmp-speed pass over its zeros (~9 ms per 64 MiB).
+
+    `start` (an Anchor: a record the caller trusts, e.g. the newest
+    snapshot's seq and chain value) verifies only what a recovery from it
+    needs: the headers of the segments before the one holding it (checksum,
+    name, segids without a gap, rising first seqs), then everything from
+    that record on exactly as a full scan does (every record, the chain,
+    padding, the tail window, the segment boundaries, the decision table).
+    The records before it are not read. Whenever the shortcut does not
+    apply cleanly (a skipped header does not verify, the anchor's record is
+    not found, does not end a batch, or does not verify) the whole log is
+    scanned instead, so the verdict on the part verified is always the full
+    scan's. `Report.verified_from_seq` says where verification began.
+
+    `consume`, if given, is called with each walked segment's iterator of
+    verified records and must exhaust it: a reader that wants the records
+    gets them in the same pass that judges them (rebuild). It sees a
+    segment's records before the verdict: the caller checks `decision`.
+    """
     storage = storage or OsStorage()
     listing = list_segments(storage, wal_dir)
     files = listing.segments
@@ -452,33 +495,83 @@ def scan(wal_dir: Path, *, storage: Storage | None = None) -> Report:
         header = SegmentHeader.decode(_read_header(storage, files[0].path), name=files[0].path.name)
     except SegmentHeaderError as error:
         return base.header_problem(files[0].path, error.reason, files[0].first_seq, error.detail)
+    log_first_seq = header.first_seq
+    begin, anchored = 0, None
+    if start is not None:
+        assert consume is None, "a consumer reads the whole log"
+        skipped = _skip_to_anchor(storage, files, header, start)
+        if skipped is None:
+            return scan(wal_dir, storage=storage)
+        begin, header, anchored = skipped
     rows: list[str] = []
     summaries: list[SegmentSummary] = []
     ts_ns = 0
-    for index, file in enumerate(files):
-        walk, successor, detail, next_header = _judge_segment(storage, file, header, ts_ns, files[index + 1 :])
+    for index in range(begin, len(files)):
+        file = files[index]
+        at = anchored if index == begin else None
+        walk, successor, detail, next_header = _judge_segment(
+            storage, file, header, ts_ns, files[index + 1 :], consume, at
+        )
+        if at is not None and walk.records == 0:
+            return scan(wal_dir, storage=storage)  # The anchor's record itself does not verify.
         summaries.append(_summary(walk))
         facts = _facts(walk, successor)
         row = decide(facts)
         rows.append(row.name)
         if row.decision is not Decision.CONTINUE:
             problem = _problem(row, walk, successor, detail, files[index + 1 :])
-            first_seq = summaries[0].first_seq
             active = next_header if successor is S.EXPECTS_SEAL else walk.header
             final = _final_batch(walk) if row.name == UNPROVEN_ROW else None
-            return base.report(row, rows, problem, summaries, walk.end, active, first_seq, final)
+            report = base.report(row, rows, problem, summaries, walk.end, active, log_first_seq, final)
+            report.verified_from_seq = start.seq if anchored is not None else log_first_seq
+            return report
         header, ts_ns = next_header, walk.end.last_ts
     raise AssertionError("the last segment always has successor NONE, which never continues")
 
 
+def _skip_to_anchor(
+    storage: Storage, files: list[SegmentFile], first: SegmentHeader, anchor: Anchor
+) -> tuple[int, SegmentHeader, tuple[int, Header]] | None:
+    """The segment holding `anchor` (by file name), with its header and
+    where the anchor's record lies in it, after verifying the headers of
+    every segment before it; None where the shortcut does not apply."""
+    index = max((i for i, f in enumerate(files) if f.first_seq <= anchor.seq), default=0)
+    header = first
+    for file in files[1 : index + 1]:
+        try:
+            following = SegmentHeader.decode(_read_header(storage, file.path), name=file.path.name)
+        except SegmentHeaderError:
+            return None
+        if following.segid != header.segid + 1 or following.first_seq <= header.first_seq:
+            return None
+        header = following
+    fd = storage.open(files[index].path)
+    try:
+        found = find_anchor(storage, fd, storage.size(fd), header.nonce, anchor)
+    finally:
+        storage.close(fd)
+    # A walk that starts at a record ending a batch knows where the final
+    # batch starts exactly as a walk from the segment's start would.
+    if found is None or not found[1].batch_end:
+        return None
+    return index, header, found
+
+
 def _judge_segment(
-    storage: Storage, file: SegmentFile, header: SegmentHeader, ts_ns: int, later: list[SegmentFile]
+    storage: Storage,
+    file: SegmentFile,
+    header: SegmentHeader,
+    ts_ns: int,
+    later: list[SegmentFile],
+    consume: Callable[[Iterator[Record]], object] | None = None,
+    anchored: tuple[int, Header] | None = None,
 ) -> tuple[_Walk, SuccessorFact, str, SegmentHeader | None]:
-    """Walk one segment, judge its successor, and read past the tail window
-    where the facts need it; the file is open for exactly this long."""
+    """Walk one segment (from its first record, or from the anchor's
+    record), judge its successor, and read past the tail window where the
+    facts need it; the file is open for exactly this long."""
     fd = storage.open(file.path)
     try:
-        walk = _walk_segment(storage, fd, file, header, ts_ns)
+        walk = _walk_segment(storage, fd, file, header, ts_ns, consume, anchored)
         successor, detail, next_header = _successor(storage, walk, later)
         if _needs_beyond(walk, successor):
             walk = _read_beyond(storage, fd, walk)
@@ -518,14 +611,23 @@ def _read_header(storage: Storage, path: Path) -> bytes:
         storage.close(fd)
 
 
-def _walk_segment(storage: Storage, fd: int, file: SegmentFile, header: SegmentHeader, ts_ns: int) -> _Walk:
-    """Verify the records of one segment from its header on, chunk by chunk,
-    then read the tail window after them."""
+def _walk_segment(
+    storage: Storage,
+    fd: int,
+    file: SegmentFile,
+    header: SegmentHeader,
+    ts_ns: int,
+    consume: Callable[[Iterator[Record]], object] | None = None,
+    anchored: tuple[int, Header] | None = None,
+) -> _Walk:
+    """Verify the records of one segment from its header on (or from the
+    anchor's record on), chunk by chunk, then read the tail window after them."""
     size = storage.size(fd)
-    cursor = SegmentCursor(
-        storage, fd, size, nonce=header.nonce, seq=header.first_seq, parent=header.prev_chain, ts_ns=ts_ns,
-    )  # fmt: skip
-    deque(cursor, maxlen=0)  # Verify only: consume without keeping anything.
+    cursor = segment_cursor(storage, fd, size, header, anchored, ts_ns=ts_ns)
+    if consume is None:
+        deque(cursor, maxlen=0)  # Verify only: consume without keeping anything.
+    else:
+        consume(iter(cursor))
     error = cursor.stop_error()
     tail = read_tail(storage, fd, size, cursor)
     end = SegmentEnd(
@@ -753,24 +855,39 @@ def read_records(
     yield from iter_segment_records(storage, wal_dir, from_seq, to_seq)
 
 
-def iter_segment_records(storage: Storage, wal_dir: Path, from_seq: int, to_seq: int) -> Iterator[Record]:
+def iter_segment_records(
+    storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, *, anchor: bytes | None = None
+) -> Iterator[Record]:
     """Records from_seq..to_seq, starting at the segment that holds from_seq.
 
     Every record is verified again (checksums, nonce, seq, chain from the
-    segment's header). Records the caller knows are there (up to to_seq)
+    segment's header), and so is every segment boundary crossed: the next
+    header must continue the chain (first_seq the next seq, prev_chain the
+    last record's chain value, FLAG_PREV_UNSEALED where the segment before
+    ends without a SEAL). Records the caller knows are there (up to to_seq)
     that are missing or fail raise JournalCorrupt. O(bytes of the records
     read): segments are read in chunks up to to_seq, never whole, and
     earlier segments are skipped by their file names.
+
+    `anchor`: the chain value of record from_seq, where the caller knows it
+    (a snapshot's header names it). The record is then found by searching
+    its segment for that value (reader.find_anchor, memchr speed) instead of
+    walking and verifying the records before it, and reading starts there,
+    verifying from it on. If it is not found, the segment is walked from its
+    start as without an anchor; a caller that needs the record to carry the
+    anchor's chain value checks the first record it gets.
     """
     files = list_segments(storage, wal_dir).segments
     start = max((i for i, f in enumerate(files) if f.first_seq <= from_seq), default=0)
     seq = files[start].first_seq if files else from_seq
-    for file in files[start:]:
+    chain: tuple[bytes, bool] | None = None  # (chain value, sealed) where the segment before ended
+    for index, file in enumerate(files[start:]):
         if seq > to_seq:
             return
         fd = storage.open(file.path)
         try:
-            seq = yield from _segment_records(storage, fd, file, seq, from_seq, to_seq)
+            at = anchor if index == 0 else None
+            seq, chain = yield from _segment_records(storage, fd, file, seq, from_seq, to_seq, chain, at)
         finally:
             storage.close(fd)
     if seq <= to_seq:
@@ -778,27 +895,39 @@ def iter_segment_records(storage: Storage, wal_dir: Path, from_seq: int, to_seq:
 
 
 def _segment_records(
-    storage: Storage, fd: int, file: SegmentFile, seq: int, from_seq: int, to_seq: int
+    storage: Storage,
+    fd: int,
+    file: SegmentFile,
+    seq: int,
+    from_seq: int,
+    to_seq: int,
+    before: tuple[bytes, bool] | None,
+    anchor: bytes | None,
 ) -> Iterator[Record]:
-    """One segment's part of iter_segment_records; returns the next seq (past to_seq when done)."""
+    """One segment's part of iter_segment_records; returns the next seq
+    (past to_seq when done) and how the segment ended (chain value, sealed)."""
     try:
         header = SegmentHeader.decode(storage.pread(fd, SEGMENT_HEADER_BYTES, 0), name=file.path.name)
     except SegmentHeaderError as error:
         raise JournalCorrupt(file.path, 0, seq, "bad_segment_header", error.reason) from None
     if header.first_seq != seq:
         raise JournalCorrupt(file.path, 0, seq, "record_missing", f"segment starts at {header.first_seq}")
-    cursor = SegmentCursor(
-        storage, fd, storage.size(fd), nonce=header.nonce, seq=header.first_seq, parent=header.prev_chain, ts_ns=0
-    )
+    if before is not None and (header.prev_chain != before[0] or not (before[1] or header.flags & FLAG_PREV_UNSEALED)):
+        raise JournalCorrupt(
+            file.path, 0, seq, "broken_segment_chain", "the header does not continue the previous segment's chain"
+        )
+    size = storage.size(fd)
+    found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, Anchor(from_seq, anchor))
+    cursor = segment_cursor(storage, fd, size, header, found)
     for record in cursor:
         if record.seq > to_seq:
-            return record.seq
+            return record.seq, None
         if record.seq >= from_seq:
             yield record
     error = cursor.stop_error()
     if cursor.seq <= to_seq and error is not None:
         raise JournalCorrupt(file.path, cursor.offset, cursor.seq, "record_unreadable", str(error))
-    return cursor.seq
+    return cursor.seq, (cursor.parent, cursor.sealed)
 
 
 def corrupt_error(report: Report) -> JournalCorrupt:

@@ -11,15 +11,19 @@ API (what the node calls):
     Journal.open(wal_dir, *, backend="auto"|"pwrite"|"uring"|"uring-direct"|"uring-dsync"
                  |"uring-link"|Backend, segment_bytes=None (existing size, else 64 MiB),
                  batch_bytes_max=None, storage=None, repair=True, lock=None,
-                 prepare_ahead=True, repair_final_batch=False) -> Journal
+                 prepare_ahead=True, repair_final_batch=False, verify_from=None) -> Journal
     journal.next_seq -> int        seq the next submitted entry must carry
     journal.submit(entries: list[tuple[int, int, bytes]]) -> None
+    journal.submit_records(first_seq, stamps: list[int], payloads: list[bytes]) -> None
+                                   the same batch as columns (the node's form)
     journal.wait() -> int          last durable seq
     journal.append(entries) -> int submit + wait
     journal.append_checkpoint(ts_ns, digest: bytes) -> int   a CHECKPOINT record; its seq
-    journal.records(from_seq=1, to_seq=None) -> Iterator[Record]
+    journal.records(from_seq=1, to_seq=None, *, anchor=None) -> Iterator[Record]
     journal.last_seq / last_ts / chain   the last DURABLE record (0 / 0 / zero chain when empty)
     journal.batch_bytes_max        bound on a batch's framed bytes (record.record_bytes)
+    journal.asynchronous_writes    a write in flight progresses while the caller works (io_uring)
+    journal.write_completed        wait() would not block on the device
     journal.first_seq, journal.report (the open-time scan), journal.backend_name
     journal.close()                (also a context manager)
 
@@ -75,6 +79,7 @@ from jex.journal.limits import (
     BATCH_RECORDS_MAX,
     BLOCK_BYTES,
     RECORD_ALIGN_BYTES,
+    RECORD_HEADER_BYTES,
     SEAL_RECORD_BYTES,
     SEGMENT_BATCHES_MIN,
     SEGMENT_BYTES_DEFAULT,
@@ -83,7 +88,8 @@ from jex.journal.limits import (
     SEGMENT_HEADER_BYTES,
 )
 from jex.journal.lock import DirLock
-from jex.journal.record import ZERO_CHAIN, Record, RecordType, encode_batch, encode_one, record_bytes
+from jex.journal.reader import Anchor
+from jex.journal.record import ZERO_CHAIN, Record, RecordType, encode_one, encode_records, record_bytes
 from jex.journal.scan import UNPROVEN_ROW, Decision, Report, SegmentEnd, corrupt_error, iter_segment_records, scan
 from jex.journal.segment import (
     FLAG_PREV_UNSEALED,
@@ -159,6 +165,7 @@ class Journal:
         lock: DirLock | None = None,
         prepare_ahead: bool = True,
         repair_final_batch: bool = False,
+        verify_from: Anchor | None = None,
     ) -> Journal:
         """Open (or create) the WAL in `wal_dir`; see the module docstring.
 
@@ -168,9 +175,12 @@ class Journal:
         one the journal takes that lock itself and releases it on close.
         `repair_final_batch`: quarantine an unproven final batch instead of
         refusing it (only an operator who knows the machine lost power may
-        ask for this; see repair()). Raises JournalCorrupt (JournalUnproven),
-        JournalTorn (repair=False), JournalIOError, DirLocked, or ValueError
-        for bad sizes.
+        ask for this; see repair()). `verify_from`: the record recovery will
+        start from (the newest snapshot's seq and chain value): the open-time
+        scan then verifies the log from that record on, and only the headers
+        of the segments before it (scan.scan(start=...)). Raises
+        JournalCorrupt (JournalUnproven), JournalTorn (repair=False),
+        JournalIOError, DirLocked, or ValueError for bad sizes.
         """
         wal_dir = Path(wal_dir)
         storage = storage or OsStorage()
@@ -185,7 +195,7 @@ class Journal:
             try:
                 storage.mkdir(wal_dir)
                 _sync_log(storage, wal_dir)
-                report = scan(wal_dir, storage=storage)
+                report = scan(wal_dir, storage=storage, start=verify_from)
             except OSError as error:
                 raise JournalIOError("open", wal_dir, error) from error
             if report.decision is Decision.CORRUPT and not (repair_final_batch and report.row == UNPROVEN_ROW):
@@ -365,6 +375,19 @@ class Journal:
         return self._pending is not None
 
     @property
+    def asynchronous_writes(self) -> bool:
+        """True when a batch in flight is written while the caller goes on
+        (io_uring); False when the device work happens in wait() (pwrite)."""
+        return self._backend.asynchronous
+
+    @property
+    def write_completed(self) -> bool:
+        """True when wait() would not block on the device: nothing in flight,
+        or the write's completion has arrived (io_uring; a synchronous
+        backend does its device work inside wait() and always says True)."""
+        return self._pending is None or self._backend.completed()
+
+    @property
     def failed(self) -> bool:
         return self._failed is not None
 
@@ -389,7 +412,20 @@ class Journal:
         Raises ValueError for a malformed batch (nothing written),
         JournalIOError on an I/O failure, JournalStateError if misused.
         """
-        self._submit(entries, RecordType.COMMAND)
+        if entries:
+            seq_want = entries[0][0]
+            for seq, _, _ in entries:
+                if seq != seq_want:
+                    raise ValueError(f"seq {seq} is not the next seq {seq_want}")
+                seq_want += 1
+        self.submit_records(entries[0][0] if entries else self.next_seq,
+                            [entry[1] for entry in entries], [entry[2] for entry in entries])
+
+    def submit_records(self, first_seq: int, stamps: Sequence[int], payloads: Sequence[bytes]) -> None:
+        """submit() with the batch as columns: COMMAND records first_seq,
+        first_seq + 1, ... stamped `stamps`, carrying `payloads` (the node's
+        form: no tuple per record). Same checks and errors as submit()."""
+        self._submit(first_seq, stamps, payloads, RecordType.COMMAND)
 
     def wait(self) -> int:
         """Block until the batch in flight is durable; return the last durable seq."""
@@ -411,40 +447,46 @@ class Journal:
 
     def append_checkpoint(self, ts_ns: int, digest: bytes) -> int:
         """Append a CHECKPOINT record (payload: the state digest) durably; its seq."""
-        self._submit([(self.next_seq, ts_ns, digest)], RecordType.CHECKPOINT)
+        self._submit(self.next_seq, [ts_ns], [digest], RecordType.CHECKPOINT)
         return self.wait()
 
-    def _submit(self, entries: Sequence[tuple[int, int, bytes]], record_type: int) -> None:
+    def _submit(self, first_seq: int, stamps: Sequence[int], payloads: Sequence[bytes], record_type: int) -> None:
         self._check_usable()
         if self._pending is not None:
             raise JournalStateError("submit while a batch is in flight: call wait() first")
-        self._check_batch(entries)
+        self._check_batch(first_seq, payloads)
         if self._rollover_pending:
             self._rollover()
-        buffer, chain, ts_ns = encode_batch(
-            entries, parent=self._chain, nonce=self._nonce,
-            expect_seq=self._last_seq + 1, ts_floor=self._last_ts, record_type=record_type,
+        buffer, chain, ts_ns = encode_records(
+            first_seq, stamps, payloads, parent=self._chain, nonce=self._nonce,
+            ts_floor=self._last_ts, record_type=record_type,
         )  # fmt: skip
         assert len(buffer) <= self._batch_bytes_max
         assert self._offset + len(buffer) + SEAL_RECORD_BYTES <= self._size_bytes
         self._write(buffer)
         end = self._offset + len(buffer)
-        self._pending = (entries[-1][0], chain, ts_ns, end)
+        self._pending = (first_seq + len(payloads) - 1, chain, ts_ns, end)
         self._rollover_pending = self._needs_rollover(end)
 
-    def _check_batch(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
+    def _check_batch(self, first_seq: int, payloads: Sequence[bytes]) -> None:
         """Bounds first, so a batch that can never be written fails before
-        anything (a rollover) happens. Seqs and timestamps are checked while
+        anything (a rollover) happens. Timestamps are checked while
         encoding."""
-        if not entries:
+        count = len(payloads)
+        if not count:
             raise ValueError("empty batch")
-        if len(entries) > BATCH_RECORDS_MAX:
-            raise ValueError(f"batch of {len(entries)} records exceeds {BATCH_RECORDS_MAX}")
-        if entries[0][0] != self.next_seq:
-            raise ValueError(f"batch starts at seq {entries[0][0]}, expected next_seq {self.next_seq}")
-        total = sum(record_bytes(len(entry[2])) for entry in entries)
-        if total > self._batch_bytes_max:
-            raise ValueError(f"batch of {total} bytes exceeds batch_bytes_max {self._batch_bytes_max}")
+        if count > BATCH_RECORDS_MAX:
+            raise ValueError(f"batch of {count} records exceeds {BATCH_RECORDS_MAX}")
+        if first_seq != self.next_seq:
+            raise ValueError(f"batch starts at seq {first_seq}, expected next_seq {self.next_seq}")
+        # Framed bytes: a header per record plus each payload padded to the
+        # alignment. The padding is at most ALIGN - 1 a record, so the exact
+        # sum is needed only near the bound.
+        total = count * RECORD_HEADER_BYTES + sum(map(len, payloads))
+        if total + count * (RECORD_ALIGN_BYTES - 1) > self._batch_bytes_max:
+            total = sum(record_bytes(len(payload)) for payload in payloads)
+            if total > self._batch_bytes_max:
+                raise ValueError(f"batch of {total} bytes exceeds batch_bytes_max {self._batch_bytes_max}")
 
     def _write(self, buffer: bytearray) -> None:
         """Hand one joined buffer to the backend at the write offset."""
@@ -501,11 +543,16 @@ class Journal:
 
     # --- reading and closing -------------------------------------------------------
 
-    def records(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Record]:
+    def records(self, from_seq: int = 1, to_seq: int | None = None, *, anchor: bytes | None = None) -> Iterator[Record]:
         """Durable records from_seq..to_seq (default: the last durable seq),
-        read back from disk and verified. Non-COMMAND records included."""
+        read back from disk and verified. Non-COMMAND records included.
+        `anchor`: record from_seq's chain value, if the caller knows it; the
+        record is then found without walking its segment up to it
+        (scan.iter_segment_records)."""
         last = self._last_seq if to_seq is None else min(to_seq, self._last_seq)
-        return iter_segment_records(self._storage, self.wal_dir, max(from_seq, self.first_seq), last)
+        first = max(from_seq, self.first_seq)
+        return iter_segment_records(self._storage, self.wal_dir, first, last,
+                                    anchor=anchor if first == from_seq else None)  # fmt: skip
 
     def close(self) -> None:
         """Release everything. Writes nothing: a batch still in flight is

@@ -3,17 +3,30 @@
 ``Exchange`` owns the single-writer lock, the sequencer (seq and ts), the
 journal writer, the engine and the group-commit pipeline:
 
-    edge codec ─► sequencer ─► encode ─► engine.apply ─┐
-                                 │                      │ (results held)
-                                 └──► journal.submit ───┴─► journal.wait ─► release
+    edge codec ─► sequencer ─► encode ─► engine.apply      (_stage: batch k+1, no I/O)
+                                 │
+                                 └──► journal.submit_records ─► journal.wait ─► hand-out
+                                      (_launch: batch k)        (_land)        (_deliver)
 
 A batch of commands is validated, sequenced, encoded and applied; its
-records go to the journal as one write linked to one sync. Its results are
-released only after that completion reports success, so nothing is ever
-acknowledged before it is durable. While a batch is on its way to disk the
-next one is already being matched (the overlap hides most of the sync).
-Any journal error stops the node: nothing more is acknowledged, and the
-next open recovers from the log.
+records go to the journal as one write (linked to one sync). Its results
+are released only after that completion reports success, so nothing is
+ever acknowledged before it is durable. The steps are pipelined: while
+batch k is on its way to disk, batch k+1 is already being matched; the
+moment k is durable, k+1 goes to the journal, and only then are k's results
+handed out (their events encoded to contract dicts at that point), so the
+caller's handling of them overlaps the next write too. At most one batch is
+in flight: a batch is written only after the previous one's sync completed
+(recovery relies on it). Any journal error stops the node: nothing more is
+acknowledged, and the next open recovers from the log.
+
+Batching. ``submit_many`` closes a batch at ``batch_records_max`` commands
+or ``batch_bytes_max`` framed bytes; for input that trickles in (an
+iterator, not a list) also ``batch_wait_ns`` after the batch's first
+command, checked as commands arrive. It never waits on a timer. The
+``Gateway`` (gateway.py) drives the same steps for concurrent callers: a
+batch goes to the journal as soon as the writer is idle, and whatever
+arrives while a write is in flight is matched meanwhile and written next.
 
 Snapshots (DESIGN §7). Opening recovers from the newest usable snapshot
 plus the tail of the log (jex.replay.recover), falling back to older
@@ -34,9 +47,11 @@ import os
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
+
+import msgspec
 
 from jex import killpoints
 from jex.core import Codec, CommandError, Engine, encode_command
@@ -44,9 +59,10 @@ from jex.core import commands as C
 from jex.core.book import STATUS_NAMES
 from jex.core.events import Trade
 from jex.journal import DirLock, Journal
+from jex.journal.limits import RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES
 from jex.journal.record import record_bytes
 from jex.replay.rebuild import ReplayStats
-from jex.replay.recover import JournalView, Start, recover, retain_and_prune
+from jex.replay.recover import JournalView, Start, recover, recovery_anchor, retain_and_prune
 from jex.snapshots import snapshot_dir
 from jex.snapshots import store as snapshot_store
 from jex.snapshots.fork import BackgroundJob, ChildOutcome
@@ -55,11 +71,15 @@ from jex.snapshots.heap import HugepageCompactor
 DEFAULT_DATA_DIR = ".jex"
 BATCH_RECORDS_MAX = 4096  # commands per group commit
 BATCH_BYTES_MAX = 1 << 20  # encoded bytes per group commit
-BATCH_WAIT_NS_MAX = 200_000  # a batch closes this long after its first command (live default)
+BATCH_WAIT_NS_MAX = 200_000  # an iterator's batch closes this long after its first command (default)
 BULK_BATCH_WAIT_NS = 20_000_000  # for bulk input (files, imports): fill batches, not latency
-_END = object()  # end of input
 COMMAND_FRAMED_BYTES_MAX = 80 + 96 * 1024  # one logged command at most (header + payload + padding)
 TRADES_KEPT = 1000  # recent trades kept per symbol for `jex trades`
+# record_bytes(n) == (n + _FRAME_ADD) & _FRAME_MASK (the header is a whole number
+# of alignment units), inlined on the per-command path.
+_FRAME_ADD = RECORD_HEADER_BYTES + RECORD_ALIGN_BYTES - 1
+_FRAME_MASK = ~(RECORD_ALIGN_BYTES - 1)
+assert RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0
 
 SNAPSHOT_EVERY_DEFAULT = 1_000_000  # seqs (≈ commands) between automatic snapshots; 0 disables
 SNAPSHOT_EVERY_ENV = "JEX_SNAPSHOT_EVERY"  # overrides the default when open() is not told
@@ -77,18 +97,50 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("JEX_DATA_DIR") or DEFAULT_DATA_DIR)
 
 
-@dataclass
-class Result:
+class Result(msgspec.Struct):
     """The answer to one submitted command, released after durability.
 
     ``events`` are JSON-contract dicts; ``error`` is set (and ``seq`` is
     None) when the edge refused the command: it was never logged.
+    (A msgspec Struct: one is made per command, and it is built in C.)
     """
 
     index: int
     seq: int | None
     events: list[dict]
     error: CommandError | None = None
+
+
+class _Batch:
+    """One group commit on its way through the pipeline (see ``_stage``).
+
+    ``items`` holds, per command pulled from the input in order: the
+    engine's events (applied; ``_deliver`` encodes them), an ``_Encoded``
+    (applied, events already encoded) or a refusal ``Result`` (never
+    logged). The applied ones carry seqs first_seq, first_seq + 1, ... and
+    their record columns are ``stamps`` and ``payloads``.
+    """
+
+    __slots__ = ("index", "first_seq", "items", "stamps", "payloads", "plain", "size")
+
+    def __init__(self, index: int, first_seq: int) -> None:
+        self.index = index  # input position of items[0]
+        self.first_seq = first_seq
+        self.plain = True  # every item is the events of an applied command
+        self.size = 0  # framed bytes of the records
+        self.items: list = []
+        self.stamps: list[int] = []
+        self.payloads: list[bytes] = []
+
+
+class _Encoded:
+    """An applied command's events with their contract dicts made early."""
+
+    __slots__ = ("events", "out")
+
+    def __init__(self, events: list, out: list[dict]) -> None:
+        self.events = events
+        self.out = out
 
 
 class Exchange:
@@ -107,6 +159,8 @@ class Exchange:
         self.batch_bytes_max = batch_bytes_max
         self.batch_wait_ns = BATCH_WAIT_NS_MAX
         self._carry = None  # a prepared command waiting for the next batch
+        self._in_flight: _Batch | None = None  # the batch being written
+        self._undelivered: list[_Batch] = []  # staged batches whose results are not handed out yet
         self.check_invariants = check_invariants
         self.seq = journal.last_seq
         self.ts = journal.last_ts
@@ -174,7 +228,9 @@ class Exchange:
         lock = DirLock.acquire(data_dir)
         try:
             options = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
-            journal = Journal.open(data_dir / "wal", backend=backend, storage=storage, lock=lock, **options)
+            # Verify the log from where recovery starts (the newest snapshot) on, not all of it.
+            journal = Journal.open(data_dir / "wal", backend=backend, storage=storage, lock=lock,
+                                   verify_from=recovery_anchor(data_dir), **options)
             try:
                 node = cls(data_dir, lock, journal, Engine(), ReplayStats(), clock, batch_records_max,
                            batch_bytes_max, check_invariants)
@@ -256,9 +312,12 @@ class Exchange:
         """Submit commands with group commit; yield a Result per command, in
         order, each only after the batch holding it is durable.
 
-        ``overlap`` lets the next batch be matched while the previous one is
-        being written. ``stop_on_error`` stops reading input at the first
-        command the edge refuses (everything before it is still committed).
+        ``overlap`` pipelines the batches: batch k+1 is validated, sequenced
+        and matched while batch k is being written; as soon as k is durable,
+        k+1 goes to the journal and only then are k's results handed out, so
+        that the caller's handling of them overlaps a write too.
+        ``stop_on_error`` stops reading input at the first command the edge
+        refuses (everything before it is still committed).
         """
         # Commands already in hand (a list) need no time bound: the bound only
         # keeps latency low while waiting for input that trickles in.
@@ -266,130 +325,250 @@ class Exchange:
         source = iter(commands)
         self._carry = None  # nothing carried over from an abandoned call
         index = 0
-        in_flight: list[Result] | None = None
         stopped = False
-        while True:
-            if stopped:
-                results, entries = [], []
-            else:
-                results, entries = self._build_batch(source, index, stop_on_error, timed)
-                stopped = stop_on_error and bool(results) and results[-1].error is not None
-            index += len(results)
-            if in_flight is not None:
-                yield from self._release(in_flight)
-                in_flight = None
-            if not results:
-                return
-            if entries:
-                self.journal.submit(entries)
+        try:
+            while True:
+                if stopped:
+                    batch = _Batch(index, self.journal.next_seq)
+                else:
+                    batch = self._stage(source, index, stop_on_error, timed)
+                    items = batch.items
+                    stopped = stop_on_error and bool(items) and type(items[-1]) is Result and items[-1].error is not None
+                index += len(batch.items)
+                launched = False
+                if self._in_flight is not None:
+                    landed = self._land()
+                    if batch.payloads:
+                        self._launch(batch)  # the next write starts before the hand-out
+                        launched = True
+                    yield from self._deliver(landed)
+                if not batch.items:
+                    return
+                if not batch.payloads:  # refusals only: nothing to make durable
+                    yield from self._deliver(batch)
+                    continue
+                if not launched:
+                    self._launch(batch)
                 # The batch that makes a snapshot due is committed without
                 # overlap, so that after its wait everything applied is
                 # durable: the snapshot's seq and chain are on disk.
                 if overlap and not stopped and not self._snapshot_due():
-                    in_flight = results
                     continue
-                yield from self._release(results)
-            else:
-                yield from results
+                yield from self._deliver(self._land())
+        finally:
+            self._abandon()
 
-    def _release(self, results: list[Result]) -> Iterator[Result]:
+    # The pipeline's steps (the Gateway's writer thread drives them too):
+    #   _stage    validate, sequence, encode and apply one batch (no I/O)
+    #   _launch   hand its records to the journal: the write starts
+    #   _land     wait until the batch in flight is durable
+    #   _deliver  its Results, events encoded to contract dicts
+    # At most one batch is in flight (``_in_flight``).
+
+    def _launch(self, batch: _Batch) -> None:
+        self.journal.submit_records(batch.first_seq, batch.stamps, batch.payloads)
+        self._in_flight = batch
+
+    def _land(self) -> _Batch:
+        """Block until the batch in flight is durable (raises the journal's
+        error if it is not: nothing of it is ever handed out), then run
+        what waits for a durable boundary. Returns the landed batch."""
         self.journal.wait()
         killpoints.hit("after_fsync_before_ack")
+        landed, self._in_flight = self._in_flight, None
         self._after_durable()
-        for result in results:
-            if result.seq is not None:
-                self.acknowledged += 1
-            yield result
+        return landed
 
-    def _build_batch(self, source: Iterator, index: int, stop_on_error: bool = False,
-                     timed: bool = True) -> tuple[list[Result], list[tuple[int, int, bytes]]]:
-        """Validate, sequence, encode and apply up to one batch of commands.
+    def _abandon(self) -> None:
+        """After an iteration that ended early (the caller stopped, or an
+        error): a write still in flight is waited for, so that the next
+        call can submit; its results are never handed out."""
+        self._in_flight = None
+        self._undelivered.clear()
+        if self.journal.in_flight and not self.journal.failed and not self._closed:
+            self.journal.wait()
+
+    def _deliver(self, batch: _Batch) -> Iterator[Result]:
+        """The Results of a durable (or never logged) batch, in order.
+
+        Events are encoded to contract dicts here, at hand-out time, not
+        when the command was applied: the dicts of a whole batch are then
+        never alive at once (kinder to the caches and the collector), and
+        the caller's use of them overlaps the next write. The encoding is
+        the same: the codec reads only instrument grids, which never change
+        once defined, and ``_stage`` encodes everything undelivered before
+        it applies a new instrument.
+        """
+        event = self.codec.event
+        if batch in self._undelivered:
+            self._undelivered.remove(batch)
+        base = index = batch.index
+        if batch.plain:  # every item applied, none encoded yet: the common case, kept lean
+            delta = batch.first_seq - base
+            index -= 1
+            try:
+                for index, events in enumerate(batch.items, base):
+                    out = [event(e) for e in events]
+                    if Trade in map(type, events):
+                        self._keep_trades(index + delta, events)
+                    yield Result(index, index + delta, out)
+            finally:
+                self.acknowledged += index + 1 - base
+            return
+        seq = batch.first_seq
+        acknowledged = 0
+        try:
+            for item in batch.items:
+                kind = type(item)
+                if kind is Result:  # refused at the edge
+                    yield item
+                    index += 1
+                    continue
+                if kind is _Encoded:
+                    events, out = item.events, item.out
+                else:
+                    events, out = item, [event(e) for e in item]
+                if Trade in map(type, events):
+                    self._keep_trades(seq, events)
+                acknowledged += 1
+                yield Result(index, seq, out)
+                index += 1
+                seq += 1
+        finally:
+            self.acknowledged += acknowledged
+
+    def _encode_undelivered(self) -> None:
+        """Encode the events of every applied, undelivered command now."""
+        event = self.codec.event
+        for batch in self._undelivered:
+            items = batch.items
+            for i, item in enumerate(items):
+                kind = type(item)
+                if kind is not Result and kind is not _Encoded:
+                    items[i] = _Encoded(item, [event(e) for e in item])
+                    batch.plain = False
+
+    def _stage(self, source: Iterator, index: int, stop_on_error: bool = False, timed: bool = True,
+               batch: _Batch | None = None) -> _Batch:
+        """Validate, sequence, encode and apply up to one batch of commands
+        (no I/O). ``index`` is the position of the first command pulled.
+        ``batch``: a staged batch, not yet launched, to add to (the Gateway
+        adds what arrived while the previous write landed); it is returned
+        unchanged when it is full.
 
         A command is encoded before it is applied, so a command that would
         push the batch past the journal's byte bound is carried, unapplied,
-        into the next batch.
+        into the next batch. This is the per-command hot path: everything
+        it touches is bound to a local, and it allocates nothing per command
+        beyond the codec's and the engine's own objects.
         """
-        results: list[Result] = []
-        entries: list[tuple[int, int, bytes]] = []
-        size = 0  # framed bytes (headers and padding included), as the journal counts them
-        bytes_max = min(self.batch_bytes_max, self.journal.batch_bytes_max)
-        wait_ns = self.batch_wait_ns if timed else 1 << 62
-        started = time.monotonic_ns()
-        # The journal may have reserved a seq for a SEAL (a rollover decided
-        # by the previous submit): stamp this batch from its next_seq.
-        self.seq = self.journal.next_seq - 1
-        while True:
-            if self._carry is not None:
-                prepared, self._carry = self._carry, None
-            else:
-                raw = next(source, _END)
-                if raw is _END:
-                    break
-                prepared = self._prepare(raw, index + len(results))
-            if isinstance(prepared, Result):  # refused at the edge: never logged
-                results.append(prepared)
-                if stop_on_error:
-                    break
-            else:
-                framed = record_bytes(len(prepared[3]))
-                if entries and size + framed > bytes_max:
-                    self._carry = prepared
-                    break
-                result, entry = self._commit(prepared)
-                results.append(result)
-                entries.append(entry)
-                size += framed
-            if len(results) >= self.batch_records_max or time.monotonic_ns() - started > wait_ns:
-                break
-        return results, entries
-
-    def _prepare(self, raw, index: int):
-        """Decode, stamp and encode one command: a refusal Result, or
-        (index, command, ts, payload) ready to apply."""
-        try:
-            command, input_ts = self.codec.command(raw)
-            ts = self._stamp(input_ts)
-        except CommandError as exc:
-            return Result(index, None, [], exc)
-        payload = encode_command(command)
-        if record_bytes(len(payload)) > min(COMMAND_FRAMED_BYTES_MAX, self.journal.batch_bytes_max):
-            return Result(index, None, [], CommandError("$", f"command encodes to {len(payload)} bytes, too large to log"))
-        return (index, command, ts, payload)
-
-    def _commit(self, prepared) -> tuple[Result, tuple[int, int, bytes]]:
-        """Apply a prepared command at the next seq; its record entry."""
-        index, command, ts, payload = prepared
-        seq = self.seq + 1
-        events = self.engine.apply(command, seq, ts)
-        self.seq = seq
-        self.ts = ts
+        journal = self.journal
+        if batch is None:
+            # The journal may have reserved a seq for a SEAL (a rollover decided
+            # by the previous submit): stamp this batch from its next_seq.
+            batch = _Batch(index, journal.next_seq)
+            self._undelivered.append(batch)
+        elif self._carry is not None:  # it ended on the byte bound: the carried command opens the next
+            return batch
+        items, stamps, payloads = batch.items, batch.stamps, batch.payloads
+        add_item, add_stamp, add_payload = items.append, stamps.append, payloads.append
+        base = batch.index  # the input position of items[0]
+        bytes_max = min(self.batch_bytes_max, journal.batch_bytes_max)
+        framed_max = min(COMMAND_FRAMED_BYTES_MAX, journal.batch_bytes_max)
+        records_max = self.batch_records_max
+        wait_ns = self.batch_wait_ns
+        clock = time.monotonic_ns
+        started = clock() if timed else 0
+        decode, apply, encode = self.codec.command, self.engine.apply, encode_command
         if self.check_invariants:
-            self.engine.check_invariants()
-        out = [self.codec.event(e) for e in events]
-        self._keep_trades(seq, events)
-        return Result(index, seq, out), (seq, ts, payload)
+            apply = self._apply_checked
+        live = self.clock == CLOCK_LIVE
+        wall_ns = time.time_ns
+        instrument = C.Instrument
+        frame_add, frame_mask = _FRAME_ADD, _FRAME_MASK
+        seq = batch.first_seq + len(payloads) - 1
+        ts_last = self.ts
+        size = batch.size  # framed bytes (headers and padding included), as the journal counts them
+        try:
+            carry, self._carry = self._carry, None
+            if carry is not None:  # the command that did not fit the previous batch
+                command, ts, payload = carry
+                size = record_bytes(len(payload))
+                if type(command) is instrument:
+                    self._encode_undelivered()
+                seq += 1
+                add_item(apply(command, seq, ts))
+                ts_last = ts
+                add_stamp(ts)
+                add_payload(payload)
+            # islice bounds the batch's command count in C; it pulls no
+            # command beyond the bound.
+            for raw in islice(source, records_max - len(items)):
+                try:
+                    command, input_ts = decode(raw)
+                    if live:  # the wall clock, never going back
+                        ts = wall_ns()
+                        if ts < ts_last:
+                            ts = ts_last
+                    elif input_ts is None:
+                        raise CommandError("$.ts", "is required with --clock input")
+                    elif input_ts < ts_last:
+                        raise CommandError("$.ts", f"must not decrease (last ts {ts_last})")
+                    else:
+                        ts = input_ts
+                except CommandError as exc:  # refused at the edge: never logged
+                    add_item(Result(base + len(items), None, [], exc))
+                    batch.plain = False
+                    if stop_on_error:
+                        break
+                else:
+                    payload = encode(command)
+                    framed = (len(payload) + frame_add) & frame_mask  # record_bytes(len(payload))
+                    if framed > framed_max:
+                        add_item(Result(base + len(items), None, [], CommandError(
+                            "$", f"command encodes to {len(payload)} bytes, too large to log")))
+                        batch.plain = False
+                        if stop_on_error:
+                            break
+                    elif size + framed > bytes_max and payloads:
+                        self._carry = (command, ts, payload)
+                        break
+                    else:
+                        size += framed
+                        if type(command) is instrument:
+                            self._encode_undelivered()
+                        seq += 1
+                        add_item(apply(command, seq, ts))
+                        ts_last = ts
+                        add_stamp(ts)
+                        add_payload(payload)
+                if timed and clock() - started > wait_ns:
+                    break
+        finally:
+            self.seq = seq
+            self.ts = ts_last
+            batch.size = size
+        return batch
 
-    def _stamp(self, input_ts: int | None) -> int:
-        """The sequencer's timestamp: the wall clock (never going back), or
-        the command's own ``ts`` in simulation mode (must not decrease)."""
-        if self.clock == CLOCK_LIVE:
-            now = time.time_ns()
-            return now if now > self.ts else self.ts
-        if input_ts is None:
-            raise CommandError("$.ts", "is required with --clock input")
-        if input_ts < self.ts:
-            raise CommandError("$.ts", f"must not decrease (last ts {self.ts})")
-        return input_ts
+    def _apply_checked(self, command, seq: int, ts: int) -> list:
+        """``Engine.apply`` followed by the engine's invariant checks."""
+        events = self.engine.apply(command, seq, ts)
+        self.engine.check_invariants()
+        return events
 
     def tick(self) -> list[dict]:
         """Journal a ``clock`` command if a GTD order is due (live mode), so
         expiry happens on time without traffic. Returns its events."""
-        if self.clock != CLOCK_LIVE:
-            return []
-        due = self.engine.next_expiry()
-        if due is None or due > time.time_ns():
+        if not self.tick_due():
             return []
         return self.submit({"type": "clock"})
+
+    def tick_due(self) -> bool:
+        """True when ``tick()`` would journal a ``clock`` command now."""
+        if self.clock != CLOCK_LIVE:
+            return False
+        due = self.engine.next_expiry()
+        return due is not None and due <= time.time_ns()
 
     def _keep_trades(self, seq: int, events: list) -> None:
         for event in events:

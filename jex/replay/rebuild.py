@@ -4,22 +4,38 @@ Used by the node on open (recovery) and by the read side of the CLI (book,
 orders, stats, replay) without taking the writer lock. Replay never reads a
 clock: each command is applied with the seq and timestamp stored in its
 record header, so replay reproduces the live events byte for byte.
+
+The replay loop is the read path's hot loop: per record it unpacks the
+Record in the for statement, decodes the payload with one msgspec call and
+applies it; everything optional (event hashing, the caller's callback,
+invariant checks) is one call behind one test, and per-type counts are kept
+by class and named once at the end. `rebuild` reads the log once: the
+scanner hands each segment's verified records to the replay as it walks
+them (scan(consume=...)), and the verdict comes at the end of that one pass.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import msgspec
+import xxhash
 
-from jex.core import Engine, decode_command
+from jex.core import Engine
+from jex.core.commands import Command
 from jex.core.events import encode_events
 from jex.journal.record import RecordType
 
-import xxhash
+# The log's command decoder (core.decode_command's, without the wrapper that
+# re-raises UnicodeError and RecursionError as DecodeError: replay maps all
+# three to ReplayError itself, and the call is per record).
+_decode = msgspec.msgpack.Decoder(Command).decode
+_DECODE_ERRORS = (msgspec.MsgspecError, UnicodeError, RecursionError)
+_NO_LIMIT = 1 << 64  # to_seq when there is none: above every u64 seq
 
 
 class ReplayError(Exception):
@@ -49,6 +65,121 @@ class ReplayStats:
         return self.commands / self.seconds if self.seconds > 0 else 0.0
 
 
+class Replayer:
+    """Applies the COMMAND records (seq <= to_seq) of one or more record
+    iterables to ``engine``, in order, and accumulates the ReplayStats.
+
+    ``feed`` may be called once per segment (the scanner's consumer) or
+    once with everything (``replay_records``). Records are objects that
+    unpack as Record does: (seq, ts_ns, type, payload, chain).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        to_seq: int | None = None,
+        on_events: Callable[[int, list], None] | None = None,
+        check_invariants: bool = False,
+        hash_events: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.to_seq = _NO_LIMIT if to_seq is None else to_seq
+        self.done = False  # a record past to_seq was seen: nothing more is applied
+        self.stats = ReplayStats()
+        self._hasher = xxhash.xxh3_128() if hash_events else None
+        self._after = _after_apply(engine, on_events, check_invariants, self._hasher)
+        self._counts: dict[type, int] = {}
+
+    def feed(self, records: Iterable) -> None:
+        """Apply the records until one is past to_seq. O(records); per
+        record one decode and one apply. Raises ReplayError naming the seq
+        of an undecodable payload (everything before it applied)."""
+        if self.done:
+            return
+        apply, decode, to_seq, after = self.engine.apply, _decode, self.to_seq, self._after
+        counts = self._counts
+        count_of = counts.get
+        command_type = int(RecordType.COMMAND)
+        stats = self.stats
+        applied = others = events = 0
+        last_seq, last_ts = stats.last_seq, stats.last_ts
+        started = time.perf_counter()
+        try:
+            for seq, ts, kind, payload, _ in records:
+                if seq > to_seq:
+                    self.done = True
+                    break
+                last_seq = seq
+                last_ts = ts
+                if kind != command_type:
+                    others += 1
+                    continue
+                try:
+                    command = decode(payload)
+                except _DECODE_ERRORS as exc:
+                    raise ReplayError(
+                        seq, f"undecodable command payload: {type(exc).__name__}: {str(exc)[:200]!r}"
+                    ) from None
+                produced = apply(command, seq, ts)
+                applied += 1
+                events += len(produced)
+                cls = type(command)
+                counts[cls] = count_of(cls, 0) + 1
+                if after is not None:
+                    after(seq, produced)
+        finally:
+            stats.records += applied + others
+            stats.commands += applied
+            stats.events += events
+            stats.last_seq, stats.last_ts = last_seq, last_ts
+            stats.seconds += time.perf_counter() - started
+
+    def consume(self, records: Iterator) -> None:
+        """The scanner's consumer: feed, then exhaust what is left unapplied
+        (the scan verifies every record, wanted or not)."""
+        self.feed(records)
+        deque(records, maxlen=0)
+
+    def finish(self) -> ReplayStats:
+        stats = self.stats
+        kinds = stats.kinds
+        for cls, count in self._counts.items():
+            kinds[cls.__name__] = kinds.get(cls.__name__, 0) + count
+        self._counts.clear()
+        if self._hasher is not None:
+            stats.events_digest = self._hasher.hexdigest()
+        return stats
+
+
+def _after_apply(
+    engine: Engine,
+    on_events: Callable[[int, list], None] | None,
+    check_invariants: bool,
+    hasher: xxhash.xxh3_128 | None,
+) -> Callable[[int, list], None] | None:
+    """What runs after each applied command, as one callable (None: nothing)."""
+    steps: list[Callable[[int, list], None]] = []
+    if hasher is not None:
+        update = hasher.update
+        steps.append(lambda seq, events: update(encode_events(events)))
+    if on_events is not None:
+        steps.append(on_events)
+    if check_invariants:
+        check = engine.check_invariants
+        steps.append(lambda seq, events: check())
+    if not steps:
+        return None
+    if len(steps) == 1:
+        return steps[0]
+
+    def after(seq: int, events: list) -> None:
+        for step in steps:
+            step(seq, events)
+
+    return after
+
+
 def replay_records(
     engine: Engine,
     records: Iterable,
@@ -60,56 +191,40 @@ def replay_records(
 ) -> ReplayStats:
     """Apply every COMMAND record (seq <= ``to_seq``) to ``engine``.
 
-    ``records`` yields objects with ``seq``, ``ts_ns``, ``type`` and
-    ``payload``. ``hash_events`` folds every event list into a running
+    ``records`` yields Records (or anything that unpacks as one: seq,
+    ts_ns, type, payload, chain); iteration stops at the first record past
+    ``to_seq``. ``hash_events`` folds every event list into a running
     xxh3-128 (the events digest that ``replay --verify`` compares).
     """
-    stats = ReplayStats()
-    hasher = xxhash.xxh3_128() if hash_events else None
-    decode = decode_command
-    apply = engine.apply
-    kinds = stats.kinds
-    started = time.perf_counter()
-    for record in records:
-        seq = record.seq
-        if to_seq is not None and seq > to_seq:
-            break
-        stats.records += 1
-        stats.last_seq = seq
-        stats.last_ts = record.ts_ns
-        if record.type != RecordType.COMMAND:
-            continue
-        try:
-            command = decode(record.payload)
-        except (msgspec.MsgspecError, UnicodeError, RecursionError) as exc:
-            raise ReplayError(seq, f"undecodable command payload: {type(exc).__name__}: {str(exc)[:200]!r}") from None
-        events = apply(command, seq, record.ts_ns)
-        stats.commands += 1
-        stats.events += len(events)
-        name = type(command).__name__
-        kinds[name] = kinds.get(name, 0) + 1
-        if hasher is not None:
-            hasher.update(encode_events(events))
-        if on_events is not None:
-            on_events(seq, events)
-        if check_invariants:
-            engine.check_invariants()
-    stats.seconds = time.perf_counter() - started
-    if hasher is not None:
-        stats.events_digest = hasher.hexdigest()
-    return stats
+    replayer = Replayer(
+        engine, to_seq=to_seq, on_events=on_events, check_invariants=check_invariants, hash_events=hash_events
+    )
+    replayer.feed(records)
+    return replayer.finish()
 
 
 def rebuild(data_dir: Path, *, to_seq: int | None = None, hash_events: bool = False, on_events=None):
     """Read-only rebuild of a data directory's state (no lock, no repair).
 
     Raises ``JournalCorrupt`` if the log is corrupt; a torn tail is simply
-    not read (the writer repairs it on its next open).
+    not read (the writer repairs it on its next open). The log is read once:
+    the scanner verifies and judges each segment while the replay applies
+    its records, and corruption anywhere raises once the scan is done (the
+    half-built engine is dropped). With ``on_events`` the whole log is
+    verified first, so the callback never sees a record of a corrupt log.
+    O(log bytes + replay).
     """
-    from jex.journal import read_records
+    from jex.journal.scan import Decision, corrupt_error, read_records, scan
 
+    wal_dir = Path(data_dir) / "wal"
     engine = Engine()
-    stats = replay_records(
-        engine, read_records(Path(data_dir) / "wal"), to_seq=to_seq, hash_events=hash_events, on_events=on_events
-    )
-    return engine, stats
+    if on_events is not None:
+        stats = replay_records(
+            engine, read_records(wal_dir), to_seq=to_seq, hash_events=hash_events, on_events=on_events
+        )
+        return engine, stats
+    replayer = Replayer(engine, to_seq=to_seq, hash_events=hash_events)
+    report = scan(wal_dir, consume=replayer.consume)
+    if report.decision is Decision.CORRUPT:
+        raise corrupt_error(report)
+    return engine, replayer.finish()

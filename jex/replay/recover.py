@@ -8,8 +8,12 @@ snapshot is used only if, in this order (cheapest first):
   1. its header verifies (magic, checksum, version, size);
   2. the log still holds its seq (not pruned away, not past the end);
   3. the log's chain value at its seq equals the header's (same history);
-  4. its body checksum verifies, it decodes and restores, and the restored
-     engine's digest equals the header's.
+     record seq is found by that chain value (reader.find_anchor), not by
+     walking the records before it;
+  4. its body checksum verifies, the header's digest is that checksum (the
+     digest is the hash of the exported state, i.e. of the body), and it
+     decodes and restores (with check_digest=True, the restored engine's
+     recomputed digest must equal the header's too: verification mode).
 
 Any refusal is a one-line notice and the previous snapshot is tried; after
 the last one, genesis, if the log still starts at seq 1. A log pruned past
@@ -19,10 +23,12 @@ genesis replay would replay it (record seq and ts), so the result is the
 same engine.
 
 `log` is a LogView: the node passes its open Journal (already scanned and
-repaired), read-only callers pass `wal_view(wal_dir)`, which finds the end
-of the log by walking only the last segment (not the journal's whole-log
-pre-scan; anything irregular there is handed to the journal's scanner to
-judge) and then reads with the journal's verifying reader.
+repaired; opened with verify_from=recovery_anchor(data_dir), so that scan
+verified the log from the newest snapshot's record on), read-only callers
+pass `wal_view(wal_dir)`, which finds the end of the log by walking only the
+last segment (not the journal's whole-log pre-scan; anything irregular there
+is handed to the journal's scanner to judge) and then reads with the
+journal's verifying reader.
 
 Retention (`retain_and_prune`): keep the newest SNAPSHOTS_KEPT snapshots
 that pass checks 1-3 plus the body checksum, delete the other snapshot
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -42,7 +49,7 @@ from typing import Callable, Iterator, Protocol
 from jex.core import Engine
 from jex.journal import JournalCorrupt, Record
 from jex.journal.limits import SEGMENT_HEADER_BYTES
-from jex.journal.record import RecordCursor
+from jex.journal.reader import Anchor, SegmentCursor, find_anchor, segment_cursor
 from jex.journal.scan import Decision, corrupt_error, iter_segment_records, scan
 from jex.journal.segment import SegmentHeader, list_segments
 from jex.journal.errors import SegmentHeaderError
@@ -68,12 +75,15 @@ class RecoveryError(ReplayError):
 
 class LogView(Protocol):
     """The records a rebuild reads. `first_seq` is the first record the log
-    holds (1 unless pruned)."""
+    holds (1 unless pruned). `anchor`, when given, is the chain value of
+    record from_seq as the caller knows it (a snapshot's): the reader finds
+    that record by it instead of walking the records before it in its
+    segment (scan.iter_segment_records)."""
 
     @property
     def first_seq(self) -> int: ...
 
-    def records(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]: ...
+    def records(self, from_seq: int, to_seq: int | None = None, *, anchor: bytes | None = None) -> Iterator[Record]: ...
 
 
 class JournalView:
@@ -86,8 +96,8 @@ class JournalView:
     def first_seq(self) -> int:
         return self.journal.first_seq if self.journal.last_seq else 1
 
-    def records(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]:
-        return self.journal.records(from_seq, to_seq)
+    def records(self, from_seq: int, to_seq: int | None = None, *, anchor: bytes | None = None) -> Iterator[Record]:
+        return self.journal.records(from_seq, to_seq, anchor=anchor)
 
 
 class WalView:
@@ -102,8 +112,8 @@ class WalView:
         segments = list_segments(self.storage, self.wal_dir).segments
         return segments[0].first_seq if segments else 1
 
-    def records(self, from_seq: int, to_seq: int | None = None) -> Iterator[Record]:
-        return read_from(self.wal_dir, from_seq, to_seq, storage=self.storage)
+    def records(self, from_seq: int, to_seq: int | None = None, *, anchor: bytes | None = None) -> Iterator[Record]:
+        return read_from(self.wal_dir, from_seq, to_seq, storage=self.storage, anchor=anchor)
 
 
 def wal_view(wal_dir: Path | str, storage: Storage | None = None) -> WalView:
@@ -111,12 +121,18 @@ def wal_view(wal_dir: Path | str, storage: Storage | None = None) -> WalView:
 
 
 def read_from(
-    wal_dir: Path, from_seq: int, to_seq: int | None = None, *, storage: Storage | None = None
+    wal_dir: Path,
+    from_seq: int,
+    to_seq: int | None = None,
+    *,
+    storage: Storage | None = None,
+    anchor: bytes | None = None,
 ) -> Iterator[Record]:
     """Verified records from_seq..to_seq (default: to the end of the log).
     Read-only, no lock; the journal's reader does the reading and the
     verifying (checksums, nonce, seq, chain). Asking for records before the
-    log's first seq raises JournalCorrupt (record_missing).
+    log's first seq raises JournalCorrupt (record_missing). `anchor`: the
+    chain value of record from_seq, if known (LogView).
     """
     storage = storage or OsStorage()
     wal_dir = Path(wal_dir)
@@ -125,25 +141,26 @@ def read_from(
         return
     if from_seq < files[0].first_seq:
         raise JournalCorrupt(files[0].path, 0, from_seq, "record_missing", f"the log starts at seq {files[0].first_seq} (pruned)")
-    end = log_end(wal_dir, storage=storage)
+    end = log_end(wal_dir, storage=storage, anchor=None if anchor is None else Anchor(from_seq, anchor))
     last = end if to_seq is None else min(to_seq, end)
     if from_seq <= last:
-        yield from iter_segment_records(storage, wal_dir, from_seq, last)
+        yield from iter_segment_records(storage, wal_dir, from_seq, last, anchor=anchor)
 
 
-def log_end(wal_dir: Path, *, storage: Storage | None = None) -> int:
+def log_end(wal_dir: Path, *, storage: Storage | None = None, anchor: Anchor | None = None) -> int:
     """The last seq a reader may use (0 for an empty log), cheaply: walk
     only the last segment (and the one before it if the last holds nothing
-    yet). Records after the last complete batch are not counted (a writer
-    may be writing that batch, or a crash tore it). Anything irregular (a
-    walk that stops on damage, an interrupted rollover) is left to the
-    journal's scanner, which raises JournalCorrupt for corruption.
-    O(bytes of one or two segments)."""
+    yet), from `anchor`'s record on where that record ends a batch in the
+    last segment. Records after the last complete batch are not counted (a
+    writer may be writing that batch, or a crash tore it). Anything
+    irregular (a walk that stops on damage, an interrupted rollover) is
+    left to the journal's scanner, which raises JournalCorrupt for
+    corruption. O(bytes of one or two segments), read in chunks."""
     storage = storage or OsStorage()
     files = list_segments(storage, wal_dir).segments
     if not files:
         return 0
-    last = _walk_end(storage, files[-1])
+    last = _walk_end(storage, files[-1], anchor if anchor is not None and anchor.seq >= files[-1].first_seq else None)
     if last is None:
         return _scanned_end(storage, wal_dir)
     cursor, header = last
@@ -157,23 +174,26 @@ def log_end(wal_dir: Path, *, storage: Storage | None = None) -> int:
     return previous[0].seq - 1
 
 
-def _walk_end(storage: Storage, file) -> tuple[RecordCursor, SegmentHeader] | None:
-    """Walk one segment; None if it does not end cleanly after a whole batch."""
-    data = storage.read_all(file.path)
+def _walk_end(storage: Storage, file, anchor: Anchor | None = None) -> tuple[SegmentCursor, SegmentHeader] | None:
+    """Walk one segment, in chunks, from its first record or from `anchor`'s
+    record when that is found there and ends a batch (so that where the
+    final batch starts is known exactly); None if its header does not
+    verify or it does not end cleanly after a whole batch."""
+    fd = storage.open(file.path)
     try:
-        header = SegmentHeader.decode(data[:SEGMENT_HEADER_BYTES], name=file.path.name)
-    except SegmentHeaderError:
-        return None
-    cursor = RecordCursor(
-        data, SEGMENT_HEADER_BYTES, len(data),
-        nonce=header.nonce, seq=header.first_seq, parent=header.prev_chain, ts_ns=0,
-    )  # fmt: skip
-    for _ in cursor:
-        pass
-    open_batch = getattr(cursor, "batch_offset", cursor.offset) < cursor.offset
-    if cursor.stop_error() is not None or open_batch:
-        return None
-    return cursor, header
+        try:
+            header = SegmentHeader.decode(storage.pread(fd, SEGMENT_HEADER_BYTES, 0), name=file.path.name)
+        except SegmentHeaderError:
+            return None
+        size = storage.size(fd)
+        found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, anchor)
+        cursor = segment_cursor(storage, fd, size, header, found if found is not None and found[1].batch_end else None)
+        deque(cursor, maxlen=0)
+        if cursor.stop_error() is not None or cursor.batch_offset < cursor.offset:
+            return None
+        return cursor, header
+    finally:
+        storage.close(fd)
 
 
 def _scanned_end(storage: Storage, wal_dir: Path) -> int:
@@ -184,6 +204,24 @@ def _scanned_end(storage: Storage, wal_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------ recovery
+
+
+def recovery_anchor(data_dir: Path | str) -> Anchor | None:
+    """Where a recovery of `data_dir` will most likely start: the newest
+    snapshot whose header verifies, as an Anchor (its seq and the chain value
+    it names), for Journal.open(verify_from=...), so that opening verifies
+    the log from there on instead of all of it. Only a hint: the journal
+    verifies from the anchor's record on whatever the snapshot turns out to
+    be, and if recovery falls back to an older start, every record it reads
+    before the anchor is verified as it is read. O(snapshot files), one
+    header each."""
+    for snap in reversed(list_snapshots(snapshot_dir(Path(data_dir))).snapshots):
+        try:
+            header = store.read_header(snap.path)
+        except SnapshotError:
+            continue
+        return Anchor(header.seq, header.chain)
+    return None
 
 
 @dataclass
@@ -219,7 +257,7 @@ def check_against_log(log: LogView, header: SnapshotHeader, path: Path, to_seq: 
     so the tail is read in the same pass. Raises SnapshotError."""
     if header.seq < log.first_seq:
         raise SnapshotError("not_in_log", path, f"seq {header.seq} is before the log's first seq {log.first_seq}")
-    records = log.records(header.seq, to_seq)
+    records = log.records(header.seq, to_seq, anchor=header.chain)
     first = next(records, None)
     if first is None or first.seq != header.seq:
         raise SnapshotError("not_in_log", path, f"the log ends before seq {header.seq}")
@@ -236,12 +274,16 @@ def open_start(
     to_ts: int | None = None,
     earliest: bool = False,
     notify: Callable[[str], None] | None = None,
+    check_digest: bool = False,
 ) -> tuple[Engine, Start, Iterator[Record], list[str]]:
     """Choose and load the start of a rebuild: (engine at the start, the
     start, the records after it up to to_seq, refusal notices). The caller
     replays the records (filtering by time itself when it asked for to_ts).
     `snapshots` is a directory, or several whose snapshots are merged (the
-    audit indexer adds its own). Raises RecoveryError, JournalCorrupt."""
+    audit indexer adds its own). `check_digest` recomputes each loaded
+    snapshot's digest (store.load); by default the header's digest must
+    equal the body checksum the load verifies. Raises RecoveryError,
+    JournalCorrupt."""
     notices: list[str] = []
     directories = [] if snapshots is None else [snapshots] if isinstance(snapshots, (str, Path)) else list(snapshots)
     candidates = sorted(
@@ -256,7 +298,7 @@ def open_start(
             if to_ts is not None and header.ts_ns > to_ts:
                 continue
             tail = check_against_log(log, header, snap.path, to_seq)
-            loaded = store.load(snap.path)
+            loaded = store.load(snap.path, check_digest=check_digest)
         except SnapshotError as error:
             line = f"jex: {error}; falling back to an earlier start"
             notices.append(line)
@@ -285,16 +327,17 @@ def recover(
     check_invariants: bool = False,
     hash_events: bool = False,
     notify: Callable[[str], None] | None = None,
+    check_digest: bool = False,
 ) -> Recovered:
     """Rebuild the state after `to_seq` / at time `to_ts` (default: the end
     of the log) from the nearest usable snapshot at or before it, else
     genesis. `earliest` prefers the earliest start (genesis, else the oldest
     usable snapshot): for callers that want the longest event history.
-    `snapshots=None` means genesis only. Raises RecoveryError,
-    JournalCorrupt, ReplayError."""
+    `snapshots=None` means genesis only. `check_digest`: see open_start.
+    Raises RecoveryError, JournalCorrupt, ReplayError."""
     started = time.perf_counter()
     engine, start, tail, notices = open_start(
-        log, snapshots, to_seq=to_seq, to_ts=to_ts, earliest=earliest, notify=notify
+        log, snapshots, to_seq=to_seq, to_ts=to_ts, earliest=earliest, notify=notify, check_digest=check_digest
     )
     stats = _replay(engine, tail, to_seq, to_ts, on_events, check_invariants, hash_events)
     return _done(engine, stats, start, notices, started)

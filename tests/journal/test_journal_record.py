@@ -237,3 +237,30 @@ def test_fuzz_many_random_buffers_quickly():
     for _ in range(3000):
         _decode_anything(rng.randbytes(rng.randrange(0, 400)))
     assert time.monotonic() - started < 10
+
+
+@given(st.lists(st.binary(max_size=90), min_size=1, max_size=20), st.integers(0, 2**40), st.integers(1, 2**40))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_encode_records_is_encode_batch_in_columns(payloads, ts0, first_seq):
+    """The node's columnar form frames exactly the bytes of (seq, ts, payload) entries."""
+    from jex.journal.record import encode_records
+
+    stamps = [ts0 + i // 3 for i in range(len(payloads))]
+    entries = [(first_seq + i, ts, p) for i, (ts, p) in enumerate(zip(stamps, payloads))]
+    expected = encode_batch(entries, parent=ZERO_CHAIN, nonce=NONCE, expect_seq=first_seq, ts_floor=ts0)
+    assert encode_records(first_seq, stamps, payloads, parent=ZERO_CHAIN, nonce=NONCE, ts_floor=ts0) == expected
+
+
+def test_encode_records_rejects_what_encode_batch_rejects():
+    from jex.journal.record import encode_records
+
+    with pytest.raises(ValueError, match="empty"):
+        encode_records(1, [], [], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+    with pytest.raises(ValueError, match="timestamps for"):
+        encode_records(1, [1], [b"a", b"b"], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+    with pytest.raises(ValueError, match="seq 2: timestamp 4 is before 5"):
+        encode_records(1, [5, 4], [b"a", b"b"], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_records(1, [1], [bytes(PAYLOAD_BYTES_MAX + 1)], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+    with pytest.raises(ValueError, match="seq"):
+        encode_records(2**64, [1], [b"a"], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)

@@ -8,6 +8,7 @@ import errno
 import os
 import resource
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,45 @@ def test_pwrite_and_uring_backends_share_one_interface(tmp_path):
         assert damage.read_at(path, 4096, 3) == b"abc"
         damage.zero_range(path, 4096, 3)
     assert os.path.getsize(path) == SEGMENT_HEADER_BYTES * 2
+
+
+def test_waiting_for_a_completion_lets_other_threads_run(tmp_path):
+    """io_uring_wait_cqe holds the GIL while it blocks; the backend waits on
+    an eventfd instead, so other threads (API clients, the gateway's
+    producers) run while a batch is being written. Here the completion the
+    main thread waits for can only come from another thread: were the GIL
+    held during the wait, that thread could never run and the wait would
+    time out."""
+    import threading
+
+    import liburing
+
+    backend = UringBackend("direct")
+    try:
+        waiting = threading.Event()
+
+        def complete_a_nop() -> None:
+            waiting.wait()
+            time.sleep(0.05)  # let the main thread block in the wait first (ordering only, no bound)
+            sqe = liburing.io_uring_get_sqe(backend._ring)
+            liburing.io_uring_prep_nop(sqe)
+            sqe.user_data = 0
+            liburing.io_uring_submit(backend._ring)
+
+        thread = threading.Thread(target=complete_a_nop)
+        thread.start()
+        waiting.set()
+        backend._await_completion(30.0)  # raises OSError(ETIME) if no completion came
+        thread.join()
+        cqe = liburing.Cqe()
+        liburing.io_uring_wait_cqe(backend._ring, cqe)
+        liburing.io_uring_cqe_seen(backend._ring, cqe[0])
+    finally:
+        backend.close()
+    idle = UringBackend("direct")
+    try:
+        with pytest.raises(OSError) as raised:
+            idle._await_completion(0.01)  # nothing in flight: it times out
+        assert raised.value.errno == errno.ETIME
+    finally:
+        idle.close()
