@@ -27,14 +27,15 @@ from collections import deque
 from typing import Any, Callable, Final
 
 import msgspec
-import xxhash
 import msgspec.structs
+import xxhash
 
 from . import analytics
 from . import commands as C
+from . import events as E
 from .auction import AuctionMixin
 from .base import InstrumentState, shape_problem
-from .book import DONE, INACTIVE, OPEN, PENDING, TRIGGERED, Book, BookSide, Level, Order
+from .book import DONE, INACTIVE, OPEN, PENDING, BookSide, Level, Order
 from .commands import (
     BUY,
     FOK,
@@ -42,11 +43,9 @@ from .commands import (
     IOC,
     LIMIT,
     MARKET,
-    MATCH_PRO_RATA,
     SELL,
     STOP,
     STOP_LIMIT,
-    STP_DECREMENT,
     STP_EXPIRE_BOTH,
     STP_EXPIRE_MAKER,
     STP_EXPIRE_TAKER,
@@ -56,11 +55,9 @@ from .commands import (
 )
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
 from .errors import InvariantError
-from . import events as E
 from .prorata import allocate
 from .state import export_state
-from .stops import StopBook
-from .vpin import Vpin, toxicity
+from .vpin import toxicity
 
 # Final aliases of the classes and functions the hot path calls: the compiled
 # core keeps a Final in a C static instead of looking the name up in the
