@@ -170,13 +170,10 @@ def other_core() -> str | None:
     return "compiled" if built and not native.stale_modules(built) else None
 
 
-def other_core_run(name: str, seed: int, count: int, amzn_rows: int | None, rounds: int) -> dict | None:
-    """Throughput of the same workload on the other core (see ``other_core``),
-    in a child process; None when there is no other core. Raises
+def other_core_run(core: str, name: str, seed: int, count: int, amzn_rows: int | None, rounds: int) -> dict:
+    """Throughput of the same workload on ``core`` (``"pure"`` or
+    ``"compiled"``, see ``other_core``), in a child process. Raises
     RuntimeError when the child fails."""
-    core = other_core()
-    if core is None:
-        return None
     env = dict(os.environ, JEX_CORE=core)
     done = subprocess.run(
         [sys.executable, "-c", _OTHER_CORE_CHILD, json.dumps([name, seed, count, amzn_rows, rounds])],

@@ -105,14 +105,14 @@ def run_suite(config: Config, progress: Progress = _quiet) -> dict:
             for w in built:
                 progress(f"engine: {w.name} ({w.timed:,} commands, throughput and latency passes)")
                 result["engine"][w.name] = inmemory.engine_run(w, config.rounds)
-            if "engine" in sections and inmemory.other_core() is not None:
+            other_core = inmemory.other_core() if "engine" in sections else None
+            if other_core is not None:
                 for w in built:
-                    progress(f"engine: {w.name} on the {inmemory.other_core()} core (child process)")
-                    other = inmemory.other_core_run(w.name, config.seed, config.commands, config.amzn_rows,
-                                                    max(config.rounds, 3))
-                    if other is not None:
-                        other["digest_matches"] = other.pop("digest") == result["engine"][w.name]["digest"]
-                        result["engine"][w.name]["other_core"] = other
+                    progress(f"engine: {w.name} on the {other_core} core (child process)")
+                    other = inmemory.other_core_run(other_core, w.name, config.seed, config.commands,
+                                                    config.amzn_rows, max(config.rounds, 3))
+                    other["digest_matches"] = other.pop("digest") == result["engine"][w.name]["digest"]
+                    result["engine"][w.name]["other_core"] = other
         logs: dict[str, Path] = {}
         if sections & {"durable", "replay", "recovery"}:
             result["durable"] = {w.name: _durable(w, config, backends, root, logs, progress) for w in built}

@@ -105,11 +105,10 @@ class Engine(AuctionMixin):
         self._gtd = []
         self._events = []
         self._releases = deque()
+        # Every command but the order flow (new order, cancel, replace),
+        # which ``apply`` dispatches directly.
         self._handlers: dict[type, Callable[[Any], None]] = {
             C.Instrument: self._on_instrument,
-            C.NewOrder: self._on_new_order,
-            C.Cancel: self._on_cancel,
-            C.Replace: self._on_replace,
             C.Clock: self._on_clock,
             C.Oco: self._on_oco,
             C.Bracket: self._on_bracket,
