@@ -101,6 +101,9 @@ def test_suite_tiny_run_writes_one_object(tmp_path):
     for by_backend in result["ack"]["rates"].values():
         for a in by_backend.values():
             assert a["refused"] == 0 and SUMMARY_KEYS <= set(a["ack_ns"])
+            # The device floor: the journal alone on the same backend, timed in the same run.
+            assert a["device"]["backend"] == a["backend"] and a["device"]["commits"] > 0
+            assert SUMMARY_KEYS <= set(a["device"]["commit_ns"]) and a["device"]["commit_ns"]["p50"] > 0
     snap = result["snapshot"]
     if "skipped" not in snap:
         assert snap["resting_live"] == 200 and snap["recovery_snapshot"]["start"].startswith("snapshot")
@@ -123,6 +126,21 @@ def test_figures_pair_every_value_with_a_baseline():
     assert rows["std: compiled / pure core"]["ratio"] == 2.5
     assert rows["std: durable uring-direct"]["ratio"] == 0.9
     assert rows["std: uring / pwrite"]["ratio"] == 1.125
+
+
+def test_ack_figures_stand_on_the_device_floor():
+    def ack(p99_ms, device_ms, backend):
+        return {"backend": backend, "ack_ns": {"p50": 1, "p99": int(p99_ms * 1e6)},
+                "device": {"backend": backend, "commits": 9, "commit_ns": {"p50": 1, "p99": int(device_ms * 1e6)}}}
+
+    result = {"meta": {"core": "pure"},
+              "ack": {"workload": "std", "rates": {"10000": {"pwrite": ack(2.0, 0.5, "pwrite"),
+                                                             "uring": ack(1.0, 0.25, "uring-direct")}}}}
+    rows = {row["figure"]: row for row in figures(result)}
+    assert rows["std @ 10,000/s: ack p99 pwrite"]["baseline"] == "device commit p99"
+    assert rows["std @ 10,000/s: ack p99 pwrite"]["ratio"] == 4.0
+    assert rows["std @ 10,000/s: ack p99 uring-direct"]["ratio"] == 4.0
+    assert rows["std @ 10,000/s: ack p99 uring / pwrite"]["ratio"] == 0.5
 
 
 def test_cli_json_is_one_object(tmp_path, capsys):

@@ -12,6 +12,11 @@
   send time instead, which corrects for coordinated omission: if the
   producer itself is held up (by the GIL, say), the commands it could not
   send on time still count their full wait.
+* ``device_commit_run``: the floor under an acknowledgement, measured on
+  the same backend just before each ack run: the journal alone (no node,
+  no engine, no codec, no threads) commits one small record at a time,
+  back to back, and each submit -> durable is timed. What the ack adds on
+  top of it is software and queueing.
 * ``replay_run``: ``jex.replay.rebuild`` of a log written by a throughput run.
 * ``recovery_run``: ``Exchange.open`` of that log (lock, scan, replay) until
   a first new command is durable.
@@ -25,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from jex.journal.writer import Journal
 from jex.node.exchange import BULK_BATCH_WAIT_NS, Exchange
 from jex.node.gateway import Gateway, GatewayError
 from jex.replay.rebuild import rebuild
@@ -39,6 +45,7 @@ ACK_DRAIN_TIMEOUT_S = 120.0  # how long to wait for the last acknowledgements
 SETTLE_S_MAX = 10.0  # longest wait for the journal's first segment preparation
 SETTLE_POLL_S = 0.01
 ACK_BACKLOG_S_MAX = 0.25  # stop offering once this many seconds of offered load wait unacknowledged
+DEVICE_PAYLOAD = bytes(64)  # device_commit_run's record: about the size of a logged order
 _ACKED, _REFUSED, _FAILED = 1, 2, 3  # how a command's future resolved (ack_latency_run)
 
 
@@ -225,6 +232,31 @@ def ack_latency_run(workload: Workload, backend: str, directory: Path, rate_cmd_
         "producer_lag_ns": summarize(enqueued[i] - scheduled[i] for i in done),
         "journal": probe.report(),
     }
+
+
+def device_commit_run(backend: str, directory: Path, seconds: float) -> dict:
+    """Back-to-back durable commits of one 64-byte record through the
+    journal alone on ``backend`` for ``seconds``: ``{"backend", "commits",
+    "commit_ns": summary}`` (each submit -> durable, the floor under any
+    acknowledgement on this disk and backend at this moment)."""
+    clock = time.perf_counter_ns
+    latencies: list[int] = []
+    journal = Journal.open(directory / "wal", backend=backend)
+    try:
+        settle(journal)
+        ts = time.time_ns()
+        deadline = clock() + int(seconds * 1e9)
+        while True:
+            started = clock()
+            if started >= deadline:
+                break
+            journal.submit_records(journal.next_seq, (ts,), (DEVICE_PAYLOAD,))
+            journal.wait()
+            latencies.append(clock() - started)
+        name = journal.backend_name
+    finally:
+        journal.close()
+    return {"backend": name, "commits": len(latencies), "commit_ns": summarize(latencies)}
 
 
 def replay_run(directory: Path) -> dict:

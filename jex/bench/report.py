@@ -63,12 +63,17 @@ def figures(result: dict) -> list[dict]:
     for rate, by_backend in ack.get("rates", {}).items():
         for backend, a in by_backend.items():
             label = f"{ack['workload']} @ {int(rate):,}/s: ack p99 {a['backend']}"
-            if backend == "uring" and "pwrite" in by_backend:
-                rows.append(_row("ack", label, a["ack_ns"]["p99"] / NS_PER_MS, "ms", "pwrite p99",
-                                 by_backend["pwrite"]["ack_ns"]["p99"] / NS_PER_MS))
+            device = a.get("device")
+            if device is not None:
+                rows.append(_row("ack", label, a["ack_ns"]["p99"] / NS_PER_MS, "ms", "device commit p99",
+                                 device["commit_ns"]["p99"] / NS_PER_MS))
             else:
                 rows.append(_row("ack", label, a["ack_ns"]["p99"] / NS_PER_MS, "ms", "ack p50",
                                  a["ack_ns"]["p50"] / NS_PER_MS))
+        if "uring" in by_backend and "pwrite" in by_backend:
+            rows.append(_row("ack", f"{ack['workload']} @ {int(rate):,}/s: ack p99 uring / pwrite",
+                             by_backend["uring"]["ack_ns"]["p99"] / NS_PER_MS, "ms", "pwrite p99",
+                             by_backend["pwrite"]["ack_ns"]["p99"] / NS_PER_MS))
     snap = result.get("snapshot", {})
     if snap and "skipped" not in snap:
         n = f"{snap['resting_orders']:,} resting"
@@ -147,7 +152,7 @@ def ack_table(result: dict) -> Table | None:
     table = Table(title=f"durable acknowledgement latency, enqueue -> durable release ({ack['workload']} flow "
                         "through jex.node.gateway, paced producer)", title_justify="left")
     for name in ("offered", "backend", "achieved", "p50", "p99", "p99.9", "max", "p99 from schedule",
-                 "records/batch", "p99 ÷ pwrite p99"):
+                 "records/batch", "device p50", "device p99", "p99 ÷ device p99", "p99 ÷ pwrite p99"):
         table.add_column(name, justify="left" if name in ("backend",) else "right")
     for rate, by_backend in ack["rates"].items():
         pwrite_p99 = by_backend.get("pwrite", {}).get("ack_ns", {}).get("p99")
@@ -155,9 +160,11 @@ def ack_table(result: dict) -> Table | None:
             s = a["ack_ns"]
             achieved = f"{a['achieved_cmd_s']:,}/s" + (" (saturated)" if a["saturated"] else "")
             ratio = f"{s['p99'] / pwrite_p99:.2f}×" if pwrite_p99 else "-"
+            device = a.get("device", {}).get("commit_ns")
+            floor = (_ns(device["p50"]), _ns(device["p99"]), f"{s['p99'] / device['p99']:.2f}×") if device else ("-",) * 3
             table.add_row(f"{int(rate):,}/s", a["backend"], achieved, _ns(s["p50"]), _ns(s["p99"]), _ns(s["p999"]),
                           _ns(s["max"]), _ns(a["ack_from_schedule_ns"]["p99"]),
-                          f"{a['journal']['records_per_batch_mean']}", ratio)
+                          f"{a['journal']['records_per_batch_mean']}", *floor, ratio)
     return table
 
 

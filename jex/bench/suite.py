@@ -201,7 +201,10 @@ def _ack(built: list[Workload], config: Config, backends: list[str], root: Path,
         for backend in backends:
             progress(f"ack latency: {chosen.name} at {rate:,} cmd/s offered, {backend}")
             directory = root / f"ack-{rate}-{backend}"
+            device = durable.device_commit_run(backend, root / f"device-{rate}-{backend}", config.ack_seconds / 2)
+            shutil.rmtree(root / f"device-{rate}-{backend}", ignore_errors=True)
             row[backend] = durable.ack_latency_run(chosen, backend, directory, rate, config.ack_seconds)
+            row[backend]["device"] = device
             shutil.rmtree(directory, ignore_errors=True)
         out["rates"][str(rate)] = row
     return out
