@@ -79,6 +79,10 @@ class EngineBase:
     client_ids: dict[tuple[str, str], int]  # (account, client_id) -> id, forever
     next_id: int
     seq: int  # seq of the last applied command
+    # The same seq as one Python int object, boxed once per command: the hot
+    # events (accepted, trade, cancelled) take it as is, where a compiled core
+    # would box ``seq`` again for every event it builds.
+    seq_obj: Any
     ts: int  # ts of the last applied command
     watch: dict[str, dict[int, ConditionalGroup]]  # symbol -> conditionals watching it, by id
     _gtd: list[tuple[int, int]]  # heap of (expire_at, order_id), cleaned lazily

@@ -100,6 +100,7 @@ class Engine(AuctionMixin):
         self.client_ids = {}
         self.next_id = 1
         self.seq = 0
+        self.seq_obj = 0
         self.ts = 0
         self.watch = {}
         self._gtd = []
@@ -128,6 +129,7 @@ class Engine(AuctionMixin):
         events: list = []
         self._events = events
         self.seq = seq
+        self.seq_obj = seq
         self.ts = ts
         gtd = self._gtd
         if gtd and gtd[0][0] <= ts:
@@ -245,22 +247,24 @@ class Engine(AuctionMixin):
          expire_at, post_only, stp) = fields
         order_id = self.next_id
         self.next_id = order_id + 1
-        seq = self.seq
         order = Order(
             order_id, client_id, account, symbol, side, kind, price, qty, tif,
-            expire_at if tif == GTD else None, post_only, stp, seq,
+            expire_at if tif == GTD else None, post_only, stp, self.seq,
         )
+        # The id as one Python int object: the index, the registry and the
+        # event share it (a compiled core would box it once for each).
+        boxed_id: Any = order_id
         if kind in STOP_KINDS:
             order.trigger = trigger
             order.trail_amount = trail_amount
             order.trail_percent_e6 = trail_pct
             order.activation_price = activation
         order.status = status
-        self.orders[order_id] = order
-        self.client_ids[(account, client_id)] = order_id
-        self._events.append(Accepted(seq, order_id, client_id, account, symbol))
+        self.orders[boxed_id] = order
+        self.client_ids[(account, client_id)] = boxed_id
+        self._events.append(Accepted(self.seq_obj, boxed_id, client_id, account, symbol))
         if order.expire_at is not None:
-            heapq.heappush(self._gtd, (order.expire_at, order_id))
+            heapq.heappush(self._gtd, (order.expire_at, boxed_id))
         return order
 
     def _submit(self, order: Order, inst: InstrumentState) -> None:
@@ -404,7 +408,7 @@ class Engine(AuctionMixin):
             buyer, seller = maker.account, taker.account
         self._events.append(
             Trade(
-                self.seq,
+                self.seq_obj,
                 inst.symbol,
                 price,
                 qty,
@@ -533,7 +537,7 @@ class Engine(AuctionMixin):
                 order.in_call = False
         elif status == PENDING:
             inst.stops.remove(order)
-        self._events.append(Cancelled(self.seq, order.order_id, order.client_id, reason, order.qty, order.symbol))
+        self._events.append(Cancelled(self.seq_obj, order.order_id, order.client_id, reason, order.qty, order.symbol))
         order.status = DONE
         del self.orders[order.order_id]
         if order.group is not None:
