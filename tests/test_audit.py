@@ -92,7 +92,7 @@ def _command_type(command) -> str:
 def owners(rows: list[Row], engine_at_start: Engine | None = None) -> dict[int, tuple[str, str]]:
     out = {}
     if engine_at_start is not None:
-        out.update({i: (a, c) for (a, c), i in engine_at_start.client_ids.items()})
+        out.update({i: (a, c) for a, c, i in engine_at_start.registry()})
     for row in rows:
         if row.event["type"] == "accepted":
             out[row.event["order_id"]] = (row.event["account"], row.event["client_id"])

@@ -137,7 +137,7 @@ class _Builder:
             w.setup += 1
 
     def is_live(self, account: str, client_id: str) -> bool:
-        order_id = self.engine.client_ids.get((account, client_id))
+        order_id = self.engine.registered(account, client_id)
         return order_id is not None and order_id in self.engine.orders
 
     def resting(self) -> int:
@@ -246,7 +246,7 @@ def exchange_core(seed: int, count: int, resting_target: int = XC_RESTING_TARGET
             if target is None:
                 builder.add("move", {"type": "replace", "account": "a0", "client_id": f"gone-{n}", "price": "1.00"})
                 continue
-            order_id = builder.engine.client_ids[target]
+            order_id = builder.engine.registered(*target)
             sign = -1 if builder.engine.orders[order_id].side == C.BUY else 1
             # Mostly passive moves; about one in eight reaches the touch or through it.
             price = mid + sign * rng.randint(-1, XC_BAND_TICKS)

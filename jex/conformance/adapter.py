@@ -181,7 +181,7 @@ class JexAdapter:
         """The engine's live order for a generation entry, or None."""
         if entry is None:
             return None
-        order_id = self.engine.client_ids.get((entry[1], entry[2]))
+        order_id = self.engine.registered(entry[1], entry[2])
         return None if order_id is None else self.engine.orders.get(order_id)
 
     def _target(self, symbol: str, source_id: int) -> tuple[str, str]:

@@ -89,6 +89,18 @@ class EngineBase:
     _events: list[Event]
     _releases: deque[tuple[int, Any]]
 
+    def registered(self, account: str, client_id: str) -> int | None:
+        """The order or group id ever registered under ``(account,
+        client_id)`` (live or not), or None. O(1). The registry's layout is
+        the engine's own business: everything outside core asks here."""
+        return self.client_ids.get((account, client_id))
+
+    def registry(self) -> list[tuple[str, str, int]]:
+        """Every ``(account, client_id, id)`` registered, in id order (the
+        order they were registered in: ids are handed out as entries are
+        made). O(n)."""
+        return [(account, client_id, order_id) for (account, client_id), order_id in self.client_ids.items()]
+
     def _reject(self, client_id: str | None, account: str | None, reason: str, message: str) -> None:
         raise NotImplementedError
 

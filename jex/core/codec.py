@@ -145,7 +145,7 @@ class Codec:
 
         def order_symbol(account: str, client_id: str | None, order_id: int | None) -> str | None:
             if order_id is None:
-                order_id = engine.client_ids.get((account, client_id))
+                order_id = None if client_id is None else engine.registered(account, client_id)
             order = engine.orders.get(order_id) if order_id is not None else None
             return None if order is None else order.symbol
 

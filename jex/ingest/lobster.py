@@ -270,7 +270,7 @@ class EngineView:
     def open_qty(self, account: str, client_id: str) -> int | None:
         """The open lots of ``(account, client_id)`` if it rests on a book, else None."""
         engine = self.engine
-        order_id = engine.client_ids.get((account, client_id))
+        order_id = engine.registered(account, client_id)
         order = engine.orders.get(order_id) if order_id is not None else None
         if order is None or order.level is None:
             return None

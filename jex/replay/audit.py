@@ -383,7 +383,7 @@ class AuditIndex:
     def _seed(self, txn, engine: Engine) -> None:
         """A start after genesis: owners and instruments known before it."""
         owner, by_client, instruments = self.dbs["owner"], self.dbs["by_client"], self.dbs["instruments"]
-        for (account, client_id), order_id in engine.client_ids.items():
+        for account, client_id, order_id in engine.registry():
             txn.put(_u64(order_id), _encoder.encode([account, client_id]), db=owner)
             txn.put(_text_key(account, client_id), _u64(order_id), db=by_client)
         for symbol, inst in engine.instruments.items():
