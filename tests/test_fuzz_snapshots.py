@@ -405,15 +405,16 @@ def test_pruned_log_with_every_snapshot_damaged_refuses_with_exit_3(tmp_path):
 # --- defects found by this fuzzer (strict xfail) -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("edit", ["seq", "group_id", "registry_account"])
+@pytest.mark.parametrize("edit", ["seq", "group_id", "account_string"])
 def test_checksummed_body_with_wrong_types_is_a_snapshot_error(tmp_path, edit):
-    state = copy.deepcopy(STATE)  # [STATE_VERSION, next_id, seq, ts, instruments, orders, groups, registry]
+    # [STATE_VERSION, next_id, seq, ts, strings, instruments, orders, groups, registry]
+    state = copy.deepcopy(STATE)
     if edit == "seq":
         state[2] = "x"  # engine.seq > header.seq: TypeError
     elif edit == "group_id":
-        state[6][0][1] = "x"  # digest() sorts group ids: TypeError
+        state[7][0][1] = "x"  # digest() sorts group ids: TypeError
     else:
-        state[7][0][0] = None  # digest() sorts (account, client_id) pairs: TypeError
+        state[4][0] = None  # an account (the string table's first entry) that is not a string
     path = tmp_path / file_name(ENGINE.seq)
     path.write_bytes(_body_image(state, with_digest=True))
     with pytest.raises(SnapshotError):

@@ -298,6 +298,20 @@ def test_replay_from_genesis_and_from_each_snapshot_is_identical(tmp_path):
     assert not bad.ok and not bad.snapshots[-1]["ok"]
 
 
+def test_replay_verify_compares_a_state_version_1_snapshot_with_its_own_digest(tmp_path):
+    """`replay --verify` states the reference digest at a snapshot's seq the
+    way that snapshot's header does: the version 1 hash for a version 1 file."""
+    live = build(tmp_path, parts=4, prune_wal=False)
+    older, newest = snapshot_paths(tmp_path)
+    v1_digest = _rewrite_as_state_version_1(older)
+    report = verify_replay(tmp_path)
+    assert report.ok, report.as_dict()
+    assert set(report.digests.values()) == {live}
+    rows = {row["seq"]: row for row in report.snapshots}
+    assert rows[store.read_header(older).seq]["reference_digest"] == v1_digest
+    assert rows[store.read_header(newest).seq]["reference_digest"] == store.read_header(newest).digest_hex
+
+
 def test_recovery_trusts_the_body_checksum_not_a_second_digest(tmp_path, monkeypatch):
     """Recovery does not recompute Engine.digest() of the restored state
     (store.load(check_digest=False)): the header's digest must equal the
@@ -315,6 +329,50 @@ def test_recovery_trusts_the_body_checksum_not_a_second_digest(tmp_path, monkeyp
     assert store.load(newest).engine is not None and computed
     monkeypatch.undo()
     assert result.engine.digest() == live
+
+
+def _rewrite_as_state_version_1(path: Path) -> str:
+    """Rewrite a snapshot as the previous build wrote it (state version 1:
+    a row per order); returns its (version 1) digest."""
+    from jex.snapshots import legacy
+
+    header = store.read_header(path)
+    engine = store.load(path).engine
+    body = msgspec.msgpack.encode(legacy.export_v1(engine))
+    digest = xxhash.xxh3_128_digest(body)
+    assert digest.hex() == legacy.digest_v1(engine) != engine.digest()
+    old = SnapshotHeader(header.seq, header.ts_ns, header.chain, digest, len(body), digest, state_version=1)
+    path.write_bytes(old.encode() + body)
+    return digest.hex()
+
+
+def test_state_version_1_snapshots_still_start_a_pruned_node(tmp_path):
+    """A node upgraded over a log pruned up to snapshots of state version 1
+    (one msgpack row per order) restores from them (snapshots/legacy.py),
+    checked against their own digest; a version this build does not know is
+    refused (unknown_state_version) and recovery falls back."""
+    live = build(tmp_path)
+    assert list_segments(OsStorage(), tmp_path / "wal").segments[0].first_seq > 1, "the build must have pruned"
+    older, newest = snapshot_paths(tmp_path)
+    for path in (older, newest):
+        v1_digest = _rewrite_as_state_version_1(path)
+        loaded = store.load(path)  # the version 1 digest recomputed from the restored engine
+        assert loaded.header.state_version == 1 and loaded.header.digest_hex == v1_digest
+    with open_node(tmp_path) as node:
+        assert node.recovered_from.path == newest and not node.recovery_notices
+        assert node.digest() == live
+        node.engine.check_invariants()
+    header = store.read_header(newest)
+    body = newest.read_bytes()[HEADER_BYTES:]
+    future = SnapshotHeader(header.seq, header.ts_ns, header.chain, header.digest, header.body_len,
+                            header.body_checksum, state_version=99)
+    newest.write_bytes(future.encode() + body)
+    with pytest.raises(SnapshotError) as caught:
+        store.load(newest)
+    assert caught.value.reason == "unknown_state_version"
+    with open_node(tmp_path) as node:
+        assert node.recovered_from.path == older and node.digest() == live
+        assert [n for n in node.recovery_notices if "unknown_state_version" in n]
 
 
 def _log_with_a_tail_after_the_newest_snapshot(path: Path) -> tuple[int, int, str]:

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from jex.core import Codec, CommandError, Engine
+from jex.core import state
 from jex.core.state import STATE_VERSION, export_state, restore_state
 from jex.workload import mixed_flow
 
@@ -58,3 +59,111 @@ def test_unknown_version_is_refused():
         restore_state([STATE_VERSION + 1])
     with pytest.raises(ValueError):
         restore_state([])
+
+
+# --- the column table (state version 2) -----------------------------------------------------------
+
+
+COLUMNS = [
+    [],
+    [7],
+    [7] * 5,
+    [None] * 4,
+    [1, None, 3, None, 5],  # some None: packed with exceptions
+    [None, None, None, 9],  # mostly None: sparse
+    [0, -1, 127, -128],  # one byte
+    [0, 128, -129, 32767],  # two bytes
+    [1, 2**31 - 1, -(2**31)],  # four bytes
+    [1, 2**63 - 1, -(2**63)],  # eight bytes
+    [1, 2**63, 5],  # beyond 64 bits: every value listed
+    [2**64 - 1, None, -3],  # msgpack reaches 2**64 - 1; the column lists it
+]
+
+
+@pytest.mark.parametrize("values", COLUMNS)
+def test_packed_columns_round_trip_exactly(values):
+    packed = state._pack_ints(values)
+    restored = state._unpack(msgspec.msgpack.decode(msgspec.msgpack.encode(packed)), len(values))
+    assert restored == values and [type(v) for v in restored] == [type(v) for v in values]
+    assert state._pack_ints(list(values)) == packed  # deterministic
+
+
+@pytest.mark.parametrize("values", [[], [False], [True] * 3, [False, True, False], [True, False, True, True]])
+def test_flag_columns_keep_bools(values):
+    restored = state._unpack(state._pack_flags(values), len(values))
+    assert restored == values and all(type(v) is bool for v in restored)
+
+
+@pytest.mark.parametrize(
+    "column, n",
+    [
+        ([0, 4, b"\0\0\0", [], []], 1),  # a partial value
+        ([0, 1, b"\1\2", [], []], 3),  # fewer values than rows
+        ([0, 3, b"\1\2\3", [], []], 1),  # no such width
+        ([5, 0, b"", [0, 1], [1]], 2),  # positions and values differ
+        ([5, 0, b"", [-1], [1]], 2),  # a negative position
+        ([5, 0, b"", [2], [1]], 2),  # past the end
+        ([0, 1, "x", [], []], 1),  # not bytes
+    ],
+)
+def test_malformed_columns_are_refused(column, n):
+    with pytest.raises((ValueError, TypeError, IndexError, KeyError)):
+        state._unpack(column, n)
+
+
+def _engine(seed: int, count: int) -> Engine:
+    engine = Engine()
+    for c, s, t in _commands(seed, count):
+        engine.apply(c, s, t)
+    return engine
+
+
+def test_registry_keeps_entries_the_table_does_not_say():
+    """Registry entries of finished orders and groups are stored; those of
+    the table's rows are derived. A table row that is not registered (not a
+    state the engine makes, but one the format must not misread) stays so."""
+    engine = _engine(4, 3000)
+    exported = export_state(engine)
+    registered, _, extra_client_ids, _ = exported[8]
+    rows = exported[6][0]  # live orders and the ended members of live groups
+    assert registered is None and rows >= len(engine.orders)
+    assert len(extra_client_ids) == len(engine.client_ids) - rows > 0
+    restored = _roundtrip(engine)
+    assert restored.client_ids == engine.client_ids and restored.digest() == engine.digest()
+    # The restored registry holds the table's entries first; its export is the same.
+    assert msgspec.msgpack.encode(export_state(restored)) == msgspec.msgpack.encode(exported)
+    order = next(iter(engine.orders.values()))
+    del engine.client_ids[(order.account, order.client_id)]
+    restored = _roundtrip(engine)
+    assert restored.client_ids == engine.client_ids and restored.digest() == engine.digest()
+
+
+def test_book_queues_are_rebuilt_in_time_priority():
+    engine = _engine(5, 4000)
+    restored = _roundtrip(engine)
+    restored.check_invariants()
+    for symbol, inst in engine.instruments.items():
+        for side, other in ((inst.book.bids, restored.instruments[symbol].book.bids),
+                            (inst.book.asks, restored.instruments[symbol].book.asks)):
+            assert other.keys == side.keys and (other.best is None) == (side.best is None)
+            for level in side.iter_levels():
+                twin = other.levels[level.price]
+                assert [o.order_id for o in twin.orders()] == [o.order_id for o in level.orders()]
+                assert (twin.qty, twin.count) == (level.qty, level.count)
+
+
+def test_a_book_queue_naming_an_order_twice_is_refused():
+    engine = _engine(6, 3000)
+    exported = msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine)))
+    for inst in exported[5]:
+        side = inst[7][0]
+        if side[0] >= 2:  # two levels: make the second queue repeat the first's head
+            queue = state._unpack(side[3], sum(state._unpack(side[2], side[0])))
+            counts = state._unpack(side[2], side[0])
+            queue[counts[0]] = queue[0]
+            side[3] = state._pack_ints(queue)
+            break
+    else:
+        pytest.skip("no instrument with two bid levels")
+    with pytest.raises(ValueError, match="queued twice"):
+        restore_state(exported)

@@ -1,8 +1,8 @@
 """Whole-engine state as plain data, for snapshots (core room).
 
-``export_state(engine)`` returns nested lists/ints/strings (msgpack-ready,
-deterministic: the same state always exports to equal data) and
-``restore_state(data)`` rebuilds an ``Engine`` whose behaviour and
+``export_state(engine)`` returns nested lists/ints/strings/bytes
+(msgpack-ready, deterministic: the same state always exports to equal data)
+and ``restore_state(data)`` rebuilds an ``Engine`` whose behaviour and
 ``digest()`` are identical to the original's. Everything the engine keeps is
 here: instruments (config, statistics, phase, TOP orders, VPIN buckets),
 every live order with every field, book queues in time priority, the stop
@@ -10,47 +10,77 @@ index with its trailing-stop groups, OCO/bracket/conditional groups, the
 client-id registry and the id counter. Derived indexes (the GTD heap, the
 conditional watch lists) are rebuilt.
 
-Bump ``STATE_VERSION`` whenever the shape changes.
+The orders are a column table (one column per ``Order`` field, rows in id
+order), not a row per order: a snapshot of a million resting orders decodes
+as a few dozen byte strings and one list of client ids instead of millions
+of small lists, and restoring walks columns. Each column is
+``[const, width, blob, positions, values]`` (``_pack_ints``): the values are
+``const`` repeated (width 0) or ``blob``, little-endian signed integers of
+``width`` bytes, with the listed positions overriding (None prices, bools,
+integers beyond 64 bits, sparse fields that are mostly None). Account and
+symbol columns index a table of their distinct strings. The book's queues
+are columns of table positions; the client-id registry keeps only the
+entries the table does not already say (every order in the table is
+registered under its own account and client id).
+
+Bump ``STATE_VERSION`` whenever the shape changes (2: the column table).
 """
 
 from __future__ import annotations
 
 import heapq
+import sys
+from array import array
+from typing import Any
 
 import msgspec
 
 from . import commands as C
 from .base import InstrumentState
-from .book import DONE, ORDER_SLOTS, Order
+from .book import DONE, OPEN, ORDER_SLOTS, BookSide, Level, Order
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
 from .stops import export_stops, restore_stops
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 # Every Order slot except the links a restore rebuilds (queue pointers,
-# level, trailing group, group).
+# level, trailing group, group): the columns of the order table, in this order.
 _ORDER_FIELDS = tuple(f for f in ORDER_SLOTS if f not in ("prev", "next", "level", "trail_group", "group"))
-# _order_row and _restore_order spell these fields out (an attribute access
-# each instead of a getattr/setattr by name: ~4x faster per order); they
-# must follow _ORDER_FIELDS exactly, which this checks whenever a slot changes.
+# export_state and _restore_orders spell these fields out (an attribute access
+# each instead of a getattr/setattr by name); they must follow _ORDER_FIELDS
+# exactly, which this checks whenever a slot changes.
 _ORDER_ROW_FIELDS = (
     "order_id", "client_id", "account", "symbol", "side", "kind", "price", "qty", "filled", "tif", "expire_at",
     "post_only", "stp", "status", "priority_seq", "trigger", "trail_amount", "trail_percent_e6",
     "activation_price", "extreme", "entry_seq", "orig_qty", "in_call",
 )  # fmt: skip
-assert _ORDER_FIELDS == _ORDER_ROW_FIELDS, "update _order_row and _restore_order with Order's slots"
+assert _ORDER_FIELDS == _ORDER_ROW_FIELDS, "update export_state and _restore_orders with Order's slots"
+
+# Packed column widths (bytes) and their array type codes; the bounds of each.
+_WIDTH_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+_WIDTH_BOUNDS = ((1, -(1 << 7), (1 << 7) - 1), (2, -(1 << 15), (1 << 15) - 1), (4, -(1 << 31), (1 << 31) - 1),
+                 (8, -(1 << 63), (1 << 63) - 1))  # fmt: skip
+assert all(array(code).itemsize == width for width, code in _WIDTH_CODES.items())
+_BIG_ENDIAN = sys.byteorder == "big"  # packed columns are little-endian on every machine
 
 _condition_decoder = msgspec.msgpack.Decoder(C.Condition)
 _instrument_decoder = msgspec.msgpack.Decoder(C.Instrument)
 
 
-def export_state(engine) -> list:
-    orders = [_order_row(o) for o in sorted(engine.orders.values(), key=lambda o: o.order_id)]
+def export_state(engine: Any) -> list:
+    live = sorted(engine.orders.values(), key=lambda o: o.order_id)
+    # Members of live groups that already ended (e.g. a filled bracket entry,
+    # whose filled quantity still sizes the children) are kept with the group.
+    ended = sorted(
+        {o.order_id: o for g in engine.groups.values() for o in g.members() if o.order_id not in engine.orders}.values(),
+        key=lambda o: o.order_id,
+    )
+    table: list[Order] = live + ended
+    position = {o.order_id: p for p, o in enumerate(table)}
+    names: dict[str, int] = {}  # account and symbol strings -> index, in order of first use
     instruments = []
-    for symbol, inst in engine.instruments.items():
-        book = []
-        for side in (inst.book.bids, inst.book.asks):
-            book.append([[level.price, [o.order_id for o in level.orders()]] for level in side.iter_levels()])
+    for inst in engine.instruments.values():
+        book = [_export_side(side, position) for side in (inst.book.bids, inst.book.asks)]
         instruments.append(
             [
                 msgspec.msgpack.encode(inst.config),
@@ -66,49 +96,167 @@ def export_state(engine) -> list:
             ]
         )
     groups = [_export_group(engine.groups[g]) for g in sorted(engine.groups)]
-    # Members of live groups that already ended (e.g. a filled bracket entry,
-    # whose filled quantity still sizes the children) are kept with the group.
-    ended = sorted(
-        {o.order_id: o for g in engine.groups.values() for o in g.members() if o.order_id not in engine.orders}.values(),
-        key=lambda o: o.order_id,
-    )
-    orders += [_order_row(o) for o in ended]
-    registry = [[a, c, i] for (a, c), i in engine.client_ids.items()]
-    return [STATE_VERSION, engine.next_id, engine.seq, engine.ts, instruments, orders, groups, registry]
+    orders = [len(table), _export_columns(table, names)]
+    registry = _export_registry(engine.client_ids, table, position, names)
+    strings = list(names)
+    return [STATE_VERSION, engine.next_id, engine.seq, engine.ts, strings, instruments, orders, groups, registry]
 
 
-def _order_row(o: Order) -> list:
-    """An order's exported fields, in _ORDER_FIELDS order."""
+def _name_column(values: list[str], names: dict[str, int]) -> list:
+    """A string column as indexes into the shared table of distinct strings."""
+    return _pack_ints([names.setdefault(v, len(names)) for v in values])
+
+
+def _export_columns(table: list[Order], names: dict[str, int]) -> list:
+    """The order table's columns, in _ORDER_FIELDS order."""
     return [
-        o.order_id, o.client_id, o.account, o.symbol, o.side, o.kind, o.price, o.qty, o.filled, o.tif, o.expire_at,
-        o.post_only, o.stp, o.status, o.priority_seq, o.trigger, o.trail_amount, o.trail_percent_e6,
-        o.activation_price, o.extreme, o.entry_seq, o.orig_qty, o.in_call,
-    ]  # fmt: skip
+        _pack_ints([o.order_id for o in table]),
+        [o.client_id for o in table],
+        _name_column([o.account for o in table], names),
+        _name_column([o.symbol for o in table], names),
+        _pack_ints([o.side for o in table]),
+        _pack_ints([o.kind for o in table]),
+        _pack_ints([o.price for o in table]),
+        _pack_ints([o.qty for o in table]),
+        _pack_ints([o.filled for o in table]),
+        _pack_ints([o.tif for o in table]),
+        _pack_ints([o.expire_at for o in table]),
+        _pack_flags([o.post_only for o in table]),
+        _pack_ints([o.stp for o in table]),
+        _pack_ints([o.status for o in table]),
+        _pack_ints([o.priority_seq for o in table]),
+        _pack_ints([o.trigger for o in table]),
+        _pack_ints([o.trail_amount for o in table]),
+        _pack_ints([o.trail_percent_e6 for o in table]),
+        _pack_ints([o.activation_price for o in table]),
+        _pack_ints([o.extreme for o in table]),
+        _pack_ints([o.entry_seq for o in table]),
+        _pack_ints([o.orig_qty for o in table]),
+        _pack_flags([o.in_call for o in table]),
+    ]
 
 
-def _restore_order(row: list) -> Order:
-    """The Order an exported row describes, every field set; its links
-    (queue, level, trailing group, group) are set by whoever holds it. A row
-    of another length raises ValueError."""
-    (
-        order_id, client_id, account, symbol, side, kind, price, qty, filled, tif, expire_at, post_only, stp,
-        status, priority_seq, trigger, trail_amount, trail_percent_e6, activation_price, extreme, entry_seq,
-        orig_qty, in_call,
-    ) = row  # fmt: skip
-    order = Order(order_id, client_id, account, symbol, side, kind, price, qty, tif, expire_at, post_only, stp,
-                  entry_seq)  # fmt: skip
-    # The fields the constructor derives or defaults.
-    order.filled = filled
-    order.status = status
-    order.priority_seq = priority_seq
-    order.trigger = trigger
-    order.trail_amount = trail_amount
-    order.trail_percent_e6 = trail_percent_e6
-    order.activation_price = activation_price
-    order.extreme = extreme
-    order.orig_qty = orig_qty
-    order.in_call = in_call
-    return order
+def _export_side(side: BookSide, position: dict[int, int]) -> list:
+    """A book side, best level first: [levels, prices, order counts, table positions in queue order]."""
+    prices: list[int] = []
+    counts: list[int] = []
+    queue: list[int] = []
+    for level in side.iter_levels():
+        before = len(queue)
+        queue.extend([position[o.order_id] for o in level.orders()])
+        prices.append(level.price)
+        counts.append(len(queue) - before)
+    return [len(prices), _pack_ints(prices), _pack_ints(counts), _pack_ints(queue)]
+
+
+def _export_registry(client_ids: dict[tuple[str, str], int], table: list[Order], position: dict[int, int],
+                     names: dict[str, int]) -> list:
+    """The client-id registry: which table rows are registered under their own
+    (account, client_id) -> order id (None: all of them, as the engine always
+    has them), and the other entries as columns in id order. A live engine's
+    registry is in id order already (ids are handed out as entries are made);
+    a restored one holds the table's entries first, so its others are sorted
+    here, which keeps the export independent of the dict's order."""
+    accounts: list[str] = []
+    client_id_list: list[str] = []
+    ids: list[int] = []
+    derived = 0
+    in_order = True
+    last = -1
+    for (account, client_id), order_id in client_ids.items():
+        p = position.get(order_id)
+        if p is not None:
+            o = table[p]
+            if o.account == account and o.client_id == client_id:
+                derived += 1
+                continue
+        if order_id < last:
+            in_order = False
+        last = order_id
+        accounts.append(account)
+        client_id_list.append(client_id)
+        ids.append(order_id)
+    if not in_order:
+        permutation = sorted(range(len(ids)), key=ids.__getitem__)
+        accounts = [accounts[i] for i in permutation]
+        client_id_list = [client_id_list[i] for i in permutation]
+        ids = [ids[i] for i in permutation]
+    registered: list[int] | None = None
+    if derived != len(table):
+        registered = [p for p, o in enumerate(table) if client_ids.get((o.account, o.client_id)) == o.order_id]
+    return [registered, _name_column(accounts, names), client_id_list, _pack_ints(ids)]
+
+
+def _pack_ints(values: list) -> list:
+    """A column of integers (or None) as [const, width, blob, positions, values]:
+    every value is ``const`` (width 0) or the little-endian signed ``width``-byte
+    integers of ``blob``, except at ``positions`` (ascending), which hold
+    ``values``. Deterministic: equal columns give equal output. A column holds
+    one field's values, all of one type, so ``count`` (which compares with
+    ``==``) decides constancy exactly. O(n), C loops except around None."""
+    n = len(values)
+    if n == 0:
+        return [None, 0, b"", [], []]
+    first = values[0]
+    if values.count(first) == n:
+        return [first, 0, b"", [], []]
+    nones = values.count(None)
+    if nones * 2 > n:  # mostly None: only the others are listed
+        positions = [p for p, v in enumerate(values) if v is not None]
+        return [None, 0, b"", positions, [values[p] for p in positions]]
+    dense = values
+    positions = []
+    if nones:
+        positions = [p for p, v in enumerate(values) if v is None]
+        dense = [0 if v is None else v for v in values]
+    low, high = min(dense), max(dense)
+    for width, lowest, highest in _WIDTH_BOUNDS:
+        if lowest <= low and high <= highest:
+            packed = array(_WIDTH_CODES[width], dense)
+            if _BIG_ENDIAN:
+                packed.byteswap()
+            return [0, width, packed.tobytes(), positions, [None] * len(positions)]
+    return [None, 0, b"", list(range(n)), list(values)]  # beyond 64 bits: every value listed
+
+
+def _pack_flags(values: list) -> list:
+    """A column of bools: constant, or False with the positions that are True."""
+    n = len(values)
+    if n and values.count(values[0]) == n:
+        return [values[0], 0, b"", [], []]
+    positions = [p for p, v in enumerate(values) if v is not False]
+    return [False, 0, b"", positions, [values[p] for p in positions]]
+
+
+def _unpack(column: list, n: int) -> list:
+    """The n values of a packed column (``_pack_ints``, ``_pack_flags``).
+    Raises ValueError (or TypeError, IndexError) on a column that does not
+    describe n values."""
+    const, width, blob, positions, values = column
+    out: list
+    if width == 0:
+        out = [const] * n
+    else:
+        packed = array(_WIDTH_CODES[width])
+        packed.frombytes(blob)
+        if _BIG_ENDIAN:
+            packed.byteswap()
+        if len(packed) != n:
+            raise ValueError(f"packed column of {len(packed)} values, expected {n}")
+        out = packed.tolist()
+    if len(positions) != len(values):
+        raise ValueError("column exceptions: positions and values differ in length")
+    if positions:
+        if min(positions) < 0:
+            raise ValueError("negative position in a column")
+        for p, v in zip(positions, values):
+            out[p] = v
+    return out
+
+
+def _is_constant(column: list, value: object) -> bool:
+    """Whether a packed column is ``value`` (same type, equal) in every row, read without unpacking it."""
+    return column[1] == 0 and not column[3] and type(column[0]) is type(value) and column[0] == value
 
 
 def _export_group(group) -> list:
@@ -122,9 +270,10 @@ def _export_group(group) -> list:
             list(group.symbols), group.order.order_id]
 
 
-def restore_state(data: list, engine_class=None):
+def restore_state(data: list, engine_class: Any = None) -> Any:
     """Rebuild an Engine from ``export_state`` output. Raises ValueError on a
-    shape it does not understand."""
+    shape it does not understand (or TypeError, KeyError, IndexError on one
+    whose parts have the wrong types). O(orders + registry), mostly C loops."""
     from .engine import Engine
 
     if engine_class is None:
@@ -132,32 +281,29 @@ def restore_state(data: list, engine_class=None):
 
     if not isinstance(data, list) or not data or data[0] != STATE_VERSION:
         raise ValueError(f"unsupported engine state version {data[0] if data else None!r}")
-    _, next_id, seq, ts, instruments, order_rows, groups, registry = data
+    _, next_id, seq, ts, strings, instruments, order_table, groups, registry = data
     engine = engine_class()
     engine.next_id, engine.seq, engine.ts = next_id, seq, ts
-    orders: dict[int, Order] = {}
-    live: dict[int, Order] = {}
-    for row in order_rows:
-        order = _restore_order(row)
-        orders[order.order_id] = order
-        if order.status != DONE:
-            live[order.order_id] = order
-        else:
-            live.pop(order.order_id, None)
+    n, columns = order_table
+    if not isinstance(n, int) or n < 0 or len(columns) != len(_ORDER_FIELDS):
+        raise ValueError("order table of the wrong shape")
+    table, ids, accounts, client_ids = _restore_orders(n, columns, strings)
+    orders: dict[int, Order] = dict(zip(ids, table))
+    live = orders
+    if not _is_constant(columns[_ORDER_FIELDS.index("status")], OPEN):
+        live = {i: o for i, o in orders.items() if o.status != DONE}
     engine.orders = live
     for row in instruments:
         config_bytes, last, volume, trades, in_call, call_market, top, book, stops, vpin = row
         inst = InstrumentState(_instrument_decoder.decode(config_bytes))
         inst.last, inst.volume, inst.trades, inst.in_call = last, volume, trades, in_call
-        for side_index, ids in enumerate(call_market):
-            for i in ids:
+        for side_index, market_ids in enumerate(call_market):
+            for i in market_ids:
                 inst.call_market[side_index][i] = orders[i]
         inst.top = list(top)
-        for side, levels in zip((inst.book.bids, inst.book.asks), book):
-            for price, ids in levels:
-                level = side.level_for_insert(price)
-                for i in ids:
-                    level.append(orders[i])
+        bids, asks = book
+        _restore_side(inst.book.bids, bids, table)
+        _restore_side(inst.book.asks, asks, table)
         inst.stops = restore_stops(stops, orders)
         if vpin is not None and inst.vpin is not None:
             inst.vpin.load(vpin)
@@ -168,10 +314,148 @@ def restore_state(data: list, engine_class=None):
         if isinstance(group, ConditionalGroup):
             for symbol in group.symbols:
                 engine.watch.setdefault(symbol, {})[group.group_id] = group
-    engine.client_ids = {(a, c): i for a, c, i in registry}
-    engine._gtd = [(o.expire_at, o.order_id) for o in orders.values() if o.expire_at is not None]
-    heapq.heapify(engine._gtd)
+    engine.client_ids = _restore_registry(registry, strings, accounts, client_ids, ids)
+    expire_at = columns[_ORDER_FIELDS.index("expire_at")]
+    if _is_constant(expire_at, None):
+        engine._gtd = []
+    else:
+        engine._gtd = [(e, i) for e, i in zip(_unpack(expire_at, n), ids) if e is not None]
+        heapq.heapify(engine._gtd)
     return engine
+
+
+def _names(column: list, n: int, strings: list) -> list:
+    """A column of indexes into the string table, as the strings (shared objects)."""
+    if n == 0:
+        return []
+    if column[1] == 0 and not column[3]:
+        return [strings[column[0]]] * n
+    indexes = _unpack(column, n)
+    if indexes and min(indexes) < 0:
+        raise ValueError("negative string index")
+    return [strings[i] for i in indexes]
+
+
+def _restore_orders(n: int, columns: list, strings: list) -> tuple[list[Order], list[int], list, list]:
+    """The orders of the column table, in table order, every field set; their
+    links (queue, level, trailing group, group) are set by whoever holds them.
+    Also returns the id, account and client-id columns (for the indexes). The
+    constructor's arguments are columns; the fields it derives or defaults
+    are set only where a column differs from what it gave."""
+    (order_id, client_id, account, symbol, side, kind, price, qty, filled, tif, expire_at, post_only, stp,
+     status, priority_seq, trigger, trail_amount, trail_percent_e6, activation_price, extreme, entry_seq,
+     orig_qty, in_call) = columns  # fmt: skip
+    if not isinstance(client_id, list) or len(client_id) != n:
+        raise ValueError("client id column of the wrong length")
+    accounts = _names(account, n, strings)
+    ids: list[int] = _unpack(order_id, n)
+    table = [
+        Order(i, c, a, sym, sd, k, p, q, t, e, po, st, es)
+        for i, c, a, sym, sd, k, p, q, t, e, po, st, es in zip(
+            ids, client_id, accounts, _names(symbol, n, strings), _unpack(side, n),
+            _unpack(kind, n), _unpack(price, n), _unpack(qty, n), _unpack(tif, n), _unpack(expire_at, n),
+            _unpack(post_only, n), _unpack(stp, n), _unpack(entry_seq, n),
+        )
+    ]  # fmt: skip
+    if not _is_constant(filled, 0):
+        for o, v in zip(table, _unpack(filled, n)):
+            o.filled = v
+    if not _is_constant(status, OPEN):
+        for o, v in zip(table, _unpack(status, n)):
+            o.status = v
+    if priority_seq != entry_seq:  # equal columns pack to equal data
+        for o, v in zip(table, _unpack(priority_seq, n)):
+            o.priority_seq = v
+    if not _is_constant(trigger, None):
+        for o, v in zip(table, _unpack(trigger, n)):
+            o.trigger = v
+    if not _is_constant(trail_amount, None):
+        for o, v in zip(table, _unpack(trail_amount, n)):
+            o.trail_amount = v
+    if not _is_constant(trail_percent_e6, None):
+        for o, v in zip(table, _unpack(trail_percent_e6, n)):
+            o.trail_percent_e6 = v
+    if not _is_constant(activation_price, None):
+        for o, v in zip(table, _unpack(activation_price, n)):
+            o.activation_price = v
+    if not _is_constant(extreme, None):
+        for o, v in zip(table, _unpack(extreme, n)):
+            o.extreme = v
+    if orig_qty != qty:
+        for o, v in zip(table, _unpack(orig_qty, n)):
+            o.orig_qty = v
+    if not _is_constant(in_call, False):
+        for o, v in zip(table, _unpack(in_call, n)):
+            o.in_call = v
+    return table, ids, accounts, client_id
+
+
+def _restore_side(side: BookSide, data: list, table: list[Order]) -> None:
+    """Rebuild a book side from ``_export_side`` output: levels best first,
+    each queue linked through its orders (Level.append spelled out), the
+    sorted keys and the best level set at once. Raises ValueError on prices
+    out of order, empty levels or an order queued twice."""
+    n, price_column, count_column, queue_column = data
+    if not 0 <= n <= len(table):  # a level holds at least one order of the table
+        raise ValueError(f"{n} book levels for {len(table)} orders")
+    prices: list[int] = _unpack(price_column, n)
+    counts: list[int] = _unpack(count_column, n)
+    queued = sum(counts)
+    if not 0 <= queued <= len(table):
+        raise ValueError(f"{queued} queued orders for {len(table)} orders")
+    queue: list[int] = _unpack(queue_column, queued)
+    if queue and min(queue) < 0:
+        raise ValueError("negative order position in a book queue")
+    levels: dict[int, Level] = {}
+    keys: list[int] = []
+    is_bid = side.is_bid
+    start = 0
+    for price, count in zip(prices, counts):
+        if count < 1:
+            raise ValueError(f"empty level {price}")
+        key = price if is_bid else -price
+        if keys and key >= keys[-1]:
+            raise ValueError(f"book level {price} out of order")
+        keys.append(key)
+        level = Level(price)
+        levels[price] = level
+        prev: Order | None = None
+        qty = 0
+        for p in queue[start : start + count]:
+            order = table[p]
+            if order.level is not None:
+                raise ValueError(f"order {order.order_id} queued twice")
+            order.level = level
+            order.prev = prev
+            if prev is None:
+                level.head = order
+            else:
+                prev.next = order
+            prev = order
+            qty += order.qty
+        start += count
+        level.tail = prev
+        level.qty = qty
+        level.count = count
+    keys.reverse()
+    side.levels = levels
+    side.keys = keys
+    side.best = levels[prices[0]] if prices else None
+
+
+def _restore_registry(data: list, strings: list, accounts: list, client_ids: list, ids: list[int]) -> dict:
+    """The client-id registry: the table rows registered under their own
+    (account, client_id), then the other entries in their exported order."""
+    registered, extra_accounts, extra_client_ids, extra_ids = data
+    if registered is None:
+        registry = dict(zip(zip(accounts, client_ids), ids))
+    else:
+        if registered and min(registered) < 0:
+            raise ValueError("negative registered position")
+        registry = {(accounts[p], client_ids[p]): ids[p] for p in registered}
+    m = len(extra_client_ids)
+    registry.update(zip(zip(_names(extra_accounts, m, strings), extra_client_ids), _unpack(extra_ids, m)))
+    return registry
 
 
 def _restore_group(row: list, orders: dict[int, Order]) -> OcoGroup | BracketGroup | ConditionalGroup:

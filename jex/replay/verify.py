@@ -101,7 +101,8 @@ def verify_replay(data_dir: Path, to_seq: int | None = None, *, live_digest: str
     start_seq, engine = _reference_start(log, files, report)
     boundaries = sorted(seq for seq in headers if seq > start_seq)
     tails = _TailHashers([start_seq, *boundaries])
-    at_boundary = _reference_run(log, engine, start_seq, boundaries, to_seq, tails)
+    versions = {seq: headers[seq].state_version for seq in boundaries}
+    at_boundary = _reference_run(log, engine, start_seq, boundaries, versions, to_seq, tails)
     final_seq = at_boundary.pop("end")
     report.seq = final_seq
     report.digests[report.start] = engine.digest()
@@ -137,16 +138,18 @@ def _reference_start(log: WalView, files, report: VerifyReport) -> tuple[int, En
     raise RecoveryError(f"the log starts at seq {log.first_seq} (pruned) and no snapshot loads to start a replay")
 
 
-def _reference_run(log: WalView, engine: Engine, start_seq: int, boundaries: list[int], to_seq: int | None,
-                   tails: _TailHashers) -> dict:
-    """Replay range by range; the state digest at each boundary, and the end seq."""
+def _reference_run(log: WalView, engine: Engine, start_seq: int, boundaries: list[int], versions: dict[int, int],
+                   to_seq: int | None, tails: _TailHashers) -> dict:
+    """Replay range by range; the state digest at each boundary (as the
+    snapshot there states it: ``versions`` maps a boundary to its state
+    version), and the end seq."""
     out: dict = {}
     position = start_seq
     for boundary in boundaries:
         stats = replay_records(engine, log.records(position + 1, boundary), to_seq=boundary, on_events=tails)
         if stats.records:
             position = stats.last_seq
-        out[boundary] = engine.digest() if position == boundary else None
+        out[boundary] = store.state_digest(engine, versions[boundary]) if position == boundary else None
     stats = replay_records(engine, log.records(position + 1, to_seq), to_seq=to_seq, on_events=tails)
     out["end"] = stats.last_seq if stats.records else position
     return out

@@ -11,6 +11,7 @@ header; otherwise the previous snapshot, then genesis, is used.
                load, listing, deletion
     fork.py    background snapshots in a forked (copy-on-write) child
     heap.py    huge-page compaction of the heap so that fork pauses less
+    legacy.py  bodies of earlier state versions (version 1), still read
 
 Selection against the log, recovery, retention and WAL pruning live in
 jex.replay.recover (they need the journal); the schedule lives in the node.

@@ -7,7 +7,7 @@ header, then the body, the msgpack encoding of `core.state.export_state`:
       0   8  magic "JEXSNAP\\0"
       8   2  version              of this header format
      10   2  flags                none defined; must be 0
-     12   4  state_version        core.state.STATE_VERSION of the body
+     12   4  state_version        core.state.STATE_VERSION of the body (1 is still read)
      16   8  seq                  WAL seq the state is at (every record <= seq applied)
      24   8  ts_ns                timestamp of record `seq`
      32  16  chain                WAL chain value at `seq` (record seq's header checksum)
@@ -33,6 +33,11 @@ from pathlib import Path
 import xxhash
 
 from jex.core.state import STATE_VERSION
+
+# The state versions a body may have: the current one (what every snapshot
+# is written in) and version 1 (snapshots/legacy.py), so a node upgraded
+# over a log pruned up to version 1 snapshots still starts from them.
+STATE_VERSIONS_READ = (1, STATE_VERSION)
 
 MAGIC = b"JEXSNAP\0"
 VERSION = 1
@@ -177,5 +182,6 @@ def check_body(header: SnapshotHeader, body: bytes | memoryview, *, path: Path |
         raise SnapshotError("size_mismatch", path, f"body has {len(body)} bytes, header says {header.body_len}")
     if xxhash.xxh3_128_digest(body) != header.body_checksum:
         raise SnapshotError("body_checksum", path)
-    if header.state_version != STATE_VERSION:
-        raise SnapshotError("unknown_state_version", path, f"state version {header.state_version}, this build restores {STATE_VERSION}")
+    if header.state_version not in STATE_VERSIONS_READ:
+        raise SnapshotError("unknown_state_version", path, f"state version {header.state_version}, this build restores "
+                            f"{', '.join(map(str, STATE_VERSIONS_READ))}")

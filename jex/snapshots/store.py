@@ -44,7 +44,8 @@ import msgspec
 import xxhash
 
 from jex import killpoints
-from jex.core.state import export_state, restore_state
+from jex.core.state import STATE_VERSION, export_state, restore_state
+from jex.snapshots import legacy
 from jex.snapshots.format import (
     HEADER_BYTES,
     TMP_SUFFIX,
@@ -350,7 +351,7 @@ def load(path: Path, *, check_digest: bool = True) -> Loaded:
                     raise SnapshotError("undecodable_body", path, str(error).splitlines()[0] if str(error) else "") from None
         t2 = time.perf_counter()
         try:
-            engine = restore_state(data)
+            engine = restore_state(data) if header.state_version == STATE_VERSION else legacy.restore_v1(data)
             del data
             t3 = time.perf_counter()
             seconds.update(map_verify_s=t1 - t0, decode_s=t2 - t1, restore_s=t3 - t2)
@@ -370,7 +371,19 @@ def _check_restored(engine, header: SnapshotHeader, path: Path, check_digest: bo
         raise SnapshotError("seq_mismatch", path, f"state is at seq {engine.seq!r}, header says {header.seq}")
     if check_digest:
         started = time.perf_counter()
-        digest = engine.digest()
+        digest = state_digest(engine, header.state_version)
         seconds["digest_s"] = time.perf_counter() - started
         if digest != header.digest_hex:
             raise SnapshotError("digest_mismatch", path, f"restored {digest}, header {header.digest_hex}")
+
+
+def state_digest(engine, state_version: int = STATE_VERSION) -> str:
+    """The engine's digest as a snapshot of ``state_version`` states it in its
+    header: ``Engine.digest()`` for the current version, the version 1 hash
+    (snapshots/legacy.py) for version 1. Compare a header's digest with this,
+    not with ``Engine.digest()``, where version 1 files may still be around."""
+    if state_version == STATE_VERSION:
+        return engine.digest()
+    if state_version == legacy.STATE_VERSION_1:
+        return legacy.digest_v1(engine)
+    raise ValueError(f"unknown state version {state_version}")
