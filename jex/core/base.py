@@ -76,7 +76,9 @@ class EngineBase:
     instruments: dict[str, InstrumentState]
     orders: dict[int, Order]  # live orders by id (open, pending, inactive)
     groups: dict[int, Group]  # live groups (OCO, bracket, conditional) by id
-    client_ids: dict[tuple[str, str], int]  # (account, client_id) -> id, forever
+    # The client-id registry: account -> client_id -> order or group id,
+    # forever (two levels: no key tuple is built, kept or hashed per order).
+    client_ids: dict[str, dict[str, int]]
     next_id: int
     seq: int  # seq of the last applied command
     # The same seq as one Python int object, boxed once per command: the hot
@@ -93,13 +95,25 @@ class EngineBase:
         """The order or group id ever registered under ``(account,
         client_id)`` (live or not), or None. O(1). The registry's layout is
         the engine's own business: everything outside core asks here."""
-        return self.client_ids.get((account, client_id))
+        ids = self.client_ids.get(account)
+        return None if ids is None else ids.get(client_id)
 
     def registry(self) -> list[tuple[str, str, int]]:
         """Every ``(account, client_id, id)`` registered, in id order (the
         order they were registered in: ids are handed out as entries are
-        made). O(n)."""
-        return [(account, client_id, order_id) for (account, client_id), order_id in self.client_ids.items()]
+        made). O(n log n), and about O(n) when a few accounts hold most
+        entries (each account's entries are mostly in id order already)."""
+        rows = [(account, client_id, order_id)
+                for account, ids in self.client_ids.items() for client_id, order_id in ids.items()]
+        rows.sort(key=_third)
+        return rows
+
+    def register(self, account: str, client_id: str, order_id: Any) -> None:
+        """Enter ``(account, client_id) -> order_id`` in the registry (ids only grow)."""
+        ids = self.client_ids.get(account)
+        if ids is None:
+            ids = self.client_ids[account] = {}
+        ids[client_id] = order_id
 
     def _reject(self, client_id: str | None, account: str | None, reason: str, message: str) -> None:
         raise NotImplementedError
@@ -133,6 +147,10 @@ class EngineBase:
 
     def _shrink(self, order: Order, qty: int) -> None:
         raise NotImplementedError
+
+
+def _third(row: tuple[str, str, int]) -> int:
+    return row[2]
 
 
 def shape_problem(cmd: C.NewOrder) -> str | None:

@@ -173,15 +173,16 @@ class ContingentMixin(EngineBase):
     def _new_group_id(self, client_id: str, account: str, symbol: str) -> int:
         group_id = self.next_id
         self.next_id = group_id + 1
-        self.client_ids[(account, client_id)] = group_id
+        self.register(account, client_id, group_id)
         self._events.append(Accepted(self.seq, group_id, client_id, account, symbol))
         return group_id
 
     def _duplicate(self, account: str, client_ids: list[str]) -> str | None:
         if len(set(client_ids)) != len(client_ids):
             return "client ids within a group must differ"
+        known = self.client_ids.get(account, {})
         for cid in client_ids:
-            if (account, cid) in self.client_ids:
+            if cid in known:
                 return f"client_id {cid} was already used"
         return None
 

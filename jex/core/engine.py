@@ -186,7 +186,8 @@ class Engine(AuctionMixin):
         if inst is None:
             self._reject(client_id, account, "unknown_symbol", f"unknown symbol {symbol}")
             return
-        if (account, client_id) in self.client_ids:
+        known = self.client_ids.get(account)
+        if known is not None and client_id in known:
             self._reject(client_id, account, "duplicate_client_id", f"client_id {client_id} was already used")
             return
         # Fast path: a plain GTC limit or IOC market order in continuous
@@ -261,7 +262,10 @@ class Engine(AuctionMixin):
             order.activation_price = activation
         order.status = status
         self.orders[boxed_id] = order
-        self.client_ids[(account, client_id)] = boxed_id
+        ids = self.client_ids.get(account)
+        if ids is None:
+            ids = self.client_ids[account] = {}
+        ids[client_id] = boxed_id
         self._events.append(Accepted(self.seq_obj, boxed_id, client_id, account, symbol))
         if order.expire_at is not None:
             heapq.heappush(self._gtd, (order.expire_at, boxed_id))
@@ -578,7 +582,10 @@ class Engine(AuctionMixin):
         if order_id is None:
             if client_id is None:
                 return None
-            order_id = self.client_ids.get((account, client_id))
+            ids = self.client_ids.get(account)
+            if ids is None:
+                return None
+            order_id = ids.get(client_id)
             if order_id is None:
                 return None
         target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(order_id)
@@ -786,7 +793,7 @@ class Engine(AuctionMixin):
             _check(order.status in (OPEN, PENDING, INACTIVE), f"order {order_id} live with status {order.status}")
             if order.status == OPEN:
                 _check(order_id in seen, f"open order {order_id} not on a book")
-            _check(self.client_ids.get((order.account, order.client_id)) == order_id, f"registry for {order_id}")
+            _check(self.registered(order.account, order.client_id) == order_id, f"registry for {order_id}")
             _check(order.order_id < self.next_id, f"order id {order_id} >= next id")
             if order.expire_at is not None:
                 _check(order_id in scheduled, f"GTD order {order_id} not scheduled")

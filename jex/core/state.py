@@ -149,33 +149,35 @@ def _export_side(side: BookSide, position: dict[int, int]) -> list:
     return [len(prices), _pack_ints(prices), _pack_ints(counts), _pack_ints(queue)]
 
 
-def _export_registry(client_ids: dict[tuple[str, str], int], table: list[Order], position: dict[int, int],
+def _export_registry(client_ids: dict[str, dict[str, int]], table: list[Order], position: dict[int, int],
                      names: dict[str, int]) -> list:
     """The client-id registry: which table rows are registered under their own
     (account, client_id) -> order id (None: all of them, as the engine always
     has them), and the other entries as columns in id order. A live engine's
-    registry is in id order already (ids are handed out as entries are made);
-    a restored one holds the table's entries first, so its others are sorted
-    here, which keeps the export independent of the dict's order."""
+    registry (account -> client_id -> id) is in id order within each account
+    (ids are handed out as entries are made), a restored one holds the
+    table's entries first; the others are sorted by id here, which keeps the
+    export independent of the dicts' order."""
     accounts: list[str] = []
     client_id_list: list[str] = []
     ids: list[int] = []
     derived = 0
     in_order = True
     last = -1
-    for (account, client_id), order_id in client_ids.items():
-        p = position.get(order_id)
-        if p is not None:
-            o = table[p]
-            if o.account == account and o.client_id == client_id:
-                derived += 1
-                continue
-        if order_id < last:
-            in_order = False
-        last = order_id
-        accounts.append(account)
-        client_id_list.append(client_id)
-        ids.append(order_id)
+    for account, registered_ids in client_ids.items():
+        for client_id, order_id in registered_ids.items():
+            p = position.get(order_id)
+            if p is not None:
+                o = table[p]
+                if o.account == account and o.client_id == client_id:
+                    derived += 1
+                    continue
+            if order_id < last:
+                in_order = False
+            last = order_id
+            accounts.append(account)
+            client_id_list.append(client_id)
+            ids.append(order_id)
     if not in_order:
         permutation = sorted(range(len(ids)), key=ids.__getitem__)
         accounts = [accounts[i] for i in permutation]
@@ -183,7 +185,7 @@ def _export_registry(client_ids: dict[tuple[str, str], int], table: list[Order],
         ids = [ids[i] for i in permutation]
     registered: list[int] | None = None
     if derived != len(table):
-        registered = [p for p, o in enumerate(table) if client_ids.get((o.account, o.client_id)) == o.order_id]
+        registered = [p for p, o in enumerate(table) if client_ids.get(o.account, {}).get(o.client_id) == o.order_id]
     return [registered, _name_column(accounts, names), client_id_list, _pack_ints(ids)]
 
 
@@ -443,19 +445,38 @@ def _restore_side(side: BookSide, data: list, table: list[Order]) -> None:
     side.best = levels[prices[0]] if prices else None
 
 
-def _restore_registry(data: list, strings: list, accounts: list, client_ids: list, ids: list[int]) -> dict:
-    """The client-id registry: the table rows registered under their own
-    (account, client_id), then the other entries in their exported order."""
+def _restore_registry(data: list, strings: list, accounts: list, client_ids: list,
+                      ids: list[int]) -> dict[str, dict[str, int]]:
+    """The client-id registry (account -> client_id -> id): the table rows
+    registered under their own (account, client_id), then the other entries
+    in their exported order."""
     registered, extra_accounts, extra_client_ids, extra_ids = data
+    registry: dict[str, dict[str, int]] = {}
     if registered is None:
-        registry = dict(zip(zip(accounts, client_ids), ids))
+        _register_all(registry, accounts, client_ids, ids)
     else:
         if registered and min(registered) < 0:
             raise ValueError("negative registered position")
-        registry = {(accounts[p], client_ids[p]): ids[p] for p in registered}
+        _register_all(registry, [accounts[p] for p in registered], [client_ids[p] for p in registered],
+                      [ids[p] for p in registered])
     m = len(extra_client_ids)
-    registry.update(zip(zip(_names(extra_accounts, m, strings), extra_client_ids), _unpack(extra_ids, m)))
+    _register_all(registry, _names(extra_accounts, m, strings), extra_client_ids, _unpack(extra_ids, m))
     return registry
+
+
+def _register_all(registry: dict[str, dict[str, int]], accounts: list, client_ids: list, ids: list) -> None:
+    """Enter the (accounts[i], client_ids[i]) -> ids[i] entries. O(n); runs
+    of one account (the common case: the table is in id order) reuse its dict."""
+    account: object = None
+    entries: dict[str, int] = {}
+    for a, c, i in zip(accounts, client_ids, ids):
+        if a is not account:
+            account = a
+            found = registry.get(a)
+            if found is None:
+                found = registry[a] = {}
+            entries = found
+        entries[c] = i
 
 
 def _restore_group(row: list, orders: dict[int, Order]) -> OcoGroup | BracketGroup | ConditionalGroup:

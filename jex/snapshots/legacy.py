@@ -64,7 +64,7 @@ def export_v1(engine: Any) -> list:
         key=lambda o: o.order_id,
     )
     orders += [_order_row(o) for o in ended]
-    registry = [[a, c, i] for (a, c), i in engine.client_ids.items()]
+    registry = [[a, c, i] for a, c, i in engine.registry()]  # id order, as version 1 wrote a live engine's
     return [STATE_VERSION_1, engine.next_id, engine.seq, engine.ts, instruments, orders, groups, registry]
 
 
@@ -138,7 +138,9 @@ def restore_v1(data: list) -> Any:
         if isinstance(group, ConditionalGroup):
             for symbol in group.symbols:
                 engine.watch.setdefault(symbol, {})[group.group_id] = group
-    engine.client_ids = {(a, c): i for a, c, i in registry}
+    engine.client_ids = {}
+    for a, c, i in registry:
+        engine.register(a, c, i)
     engine._gtd = [(o.expire_at, o.order_id) for o in orders.values() if o.expire_at is not None]
     heapq.heapify(engine._gtd)
     return engine
