@@ -24,6 +24,7 @@ from typing import Any, Final
 import msgspec
 
 from . import commands as C
+from .commands import FOK, GTC, GTD, IOC, LIMIT, MARKET, STOP, STOP_LIMIT, TRAILING_STOP
 from . import events as E
 from .decimal_grid import Grid, GridError, format_ratio
 from .wire import (  # re-exported: the edges import them from here
@@ -53,6 +54,10 @@ from .wire import (  # re-exported: the edges import them from here
     decode_wire,
     one_line,
 )
+
+# One C call reads every field of an event (a compiled core pays a generic
+# attribute lookup per field read on a msgspec Struct).
+astuple: Final = msgspec.structs.astuple
 
 
 class Catalog:
@@ -85,19 +90,28 @@ class Catalog:
         return grids
 
 
+# Bounds the hot checks read, as C statics in the compiled codec (no
+# module-dict lookup per use: wire.py is not compiled).
+_ID_MAX: Final = ID_CHARS_MAX
+_TS_MAX: Final = TS_NS_MAX
+_SYMBOL_MAX: Final = SYMBOL_CHARS_MAX
+_QTY_MAX: Final = QTY_LOTS_MAX
+_PRICE_MAX: Final = PRICE_TICKS_MAX
+
+
 def _check_id(value: str | None, field: str, required: bool = True) -> None:
     if value is None:
         if required:
             raise CommandError(field, "is required")
         return
-    if not value or len(value) > ID_CHARS_MAX:
+    if not value or len(value) > _ID_MAX:
         raise CommandError(field, f"must be 1..{ID_CHARS_MAX} characters")
     if not value.isprintable():
         raise CommandError(field, "must be printable")
 
 
 def _check_ts(value: int | None, field: str) -> None:
-    if value is not None and not 0 <= value <= TS_NS_MAX:
+    if value is not None and not 0 <= value <= _TS_MAX:
         raise CommandError(field, "must be a non-negative int64 of nanoseconds")
 
 
@@ -112,6 +126,13 @@ def _units(grid: Grid, value: Num, field: str, maximum: int, positive: bool = Tr
         raise CommandError(field, f"is larger than {maximum} steps")
     return units
 
+
+# Codec._order unpacks ``astuple(WOrder)`` in this order.
+WORDER_FIELDS: Final = (
+    "account", "client_id", "symbol", "side", "kind", "qty", "price", "trigger", "trail_amount", "trail_percent",
+    "activation_price", "tif", "expire_at", "post_only", "stp", "ts",
+)  # fmt: skip
+assert WOrder.__struct_fields__ == WORDER_FIELDS, "update Codec._order with WOrder's fields"
 
 # C statics in the compiled codec (no module-dict lookup per use).
 _decode_wire: Final = decode_wire
@@ -170,7 +191,7 @@ class Codec:
         return convert(wire), ts
 
     def _grids(self, symbol: str, field: str) -> tuple[Grid, Grid]:
-        if not symbol or len(symbol) > SYMBOL_CHARS_MAX:
+        if not symbol or len(symbol) > _SYMBOL_MAX:
             raise CommandError(field, f"must be 1..{SYMBOL_CHARS_MAX} characters")
         grids = self.catalog.grids(symbol)
         if grids is None:
@@ -217,37 +238,47 @@ class Codec:
         )
 
     def _order(self, w: WOrder) -> C.NewOrder:
-        return self._order_body(w, w.account, w.client_id, w.symbol, "$")
+        # One C call reads every field (WORDER_FIELDS is their order; a
+        # compiled codec pays a generic attribute lookup per field read).
+        (account, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_percent, activation_price,
+         tif, expire_at, post_only, stp, _) = astuple(w)
+        return self._order_fields(account, client_id, symbol, side, kind, qty, price, trigger, trail_amount,
+                                  trail_percent, activation_price, tif, expire_at, post_only, stp, "$", _TOP_PATHS)
 
-    def _order_body(self, w: WOrder | WLeg, account: str, client_id: str, symbol: str, at: str) -> C.NewOrder:
-        """Validate one order body (top-level order or a group's leg)."""
-        path = _paths(at)
-        _check_id(account, path["account"])
-        _check_id(client_id, path["client_id"])
-        tick, lot = self._grids(symbol, path["symbol"])
+    def _order_body(self, w: WLeg, account: str, client_id: str, symbol: str, at: str) -> C.NewOrder:
+        """Validate one group leg's order body."""
+        return self._order_fields(account, client_id, symbol, w.side, w.kind, w.qty, w.price, w.trigger,
+                                  w.trail_amount, w.trail_percent, w.activation_price, w.tif, w.expire_at,
+                                  w.post_only, w.stp, at, _paths(at))
+
+    def _order_fields(self, account: str, client_id: str, symbol: str, side_name: str, kind_name: str, qty_value: Num,
+                      price_value: Num | None, trigger_value: Num | None, trail_amount_value: Num | None,
+                      trail_percent_value: Num | None, activation_value: Num | None, tif_name: str | None,
+                      expire_at: int | None, post_only: bool, stp_name: str, at: str,
+                      path: tuple[str, ...]) -> C.NewOrder:
+        """Validate one order body (top-level order or a group's leg), given
+        its fields; ``path`` is ``_paths(at)``: its fields' JSON paths."""
+        _check_id(account, path[_AT_ACCOUNT])
+        _check_id(client_id, path[_AT_CLIENT_ID])
+        tick, lot = self._grids(symbol, path[_AT_SYMBOL])
         # msgspec already refused any name outside these Literal sets.
-        side = _SIDE_CODES[w.side]
-        kind = _KIND_CODES[w.kind]
-        qty = _units(lot, w.qty, path["qty"], QTY_LOTS_MAX)
-        value = w.price
-        price = None if value is None else _units(tick, value, path["price"], PRICE_TICKS_MAX)
-        value = w.trigger
-        trigger = None if value is None else _units(tick, value, path["trigger"], PRICE_TICKS_MAX)
-        value = w.trail_amount
-        trail_amount = None if value is None else _units(tick, value, path["trail_amount"], PRICE_TICKS_MAX)
-        value = w.activation_price
-        activation = None if value is None else _units(tick, value, path["activation_price"], PRICE_TICKS_MAX)
-        value = w.trail_percent
-        trail_pct = None if value is None else _percent_e6(value, path["trail_percent"])
-        tif_name = w.tif
-        tif = (C.IOC if kind == C.MARKET else C.GTC) if tif_name is None else _TIF_CODES[tif_name]
-        expire_at = w.expire_at
-        post_only = w.post_only
-        _check_ts(expire_at, path["expire_at"])
+        side = _SIDE_CODES[side_name]
+        kind = _KIND_CODES[kind_name]
+        qty = _units(lot, qty_value, path[_AT_QTY], _QTY_MAX)
+        price = None if price_value is None else _units(tick, price_value, path[_AT_PRICE], _PRICE_MAX)
+        trigger = None if trigger_value is None else _units(tick, trigger_value, path[_AT_TRIGGER], _PRICE_MAX)
+        trail_amount = (None if trail_amount_value is None
+                        else _units(tick, trail_amount_value, path[_AT_TRAIL_AMOUNT], _PRICE_MAX))
+        activation = (None if activation_value is None
+                      else _units(tick, activation_value, path[_AT_ACTIVATION], _PRICE_MAX))
+        trail_pct = (None if trail_percent_value is None
+                     else _percent_e6(trail_percent_value, path[_AT_TRAIL_PERCENT]))
+        tif = (IOC if kind == MARKET else GTC) if tif_name is None else _TIF_CODES[tif_name]
+        _check_ts(expire_at, path[_AT_EXPIRE_AT])
         _check_order_shape(kind, tif, price, trigger, trail_amount, trail_pct, activation, expire_at, post_only, at)
         return _NEW_ORDER(
             account, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_pct, activation, tif,
-            expire_at, post_only, _STP_CODES[w.stp],
+            expire_at, post_only, _STP_CODES[stp_name],
         )  # fmt: skip
 
     def _leg(self, leg: WLeg, account: str, symbol: str, default_cid: str, at: str) -> C.NewOrder:
@@ -369,7 +400,21 @@ class Codec:
     # ------------------------------------------------------------ events
 
     def event(self, event: E.Event) -> dict:
-        """One event as a JSON-contract dict (decimal strings for prices and quantities)."""
+        """One event as a JSON-contract dict (decimal strings for prices and
+        quantities): ``"type"`` first, then the event's fields in order.
+
+        The edge's hot path (the node encodes every event it hands out): one
+        dispatch on the class to a function that reads every field with one
+        ``astuple`` and builds the dict in one go. ``event_generic`` is the
+        table-driven reference every class must agree with (tested)."""
+        encode = _EVENT_ENCODERS.get(type(event))
+        if encode is None:
+            return self.event_generic(event)
+        return encode(self.catalog, astuple(event))
+
+    def event_generic(self, event: E.Event) -> dict:
+        """``event`` through the generic path: ``asdict``, then the price
+        and quantity fields of ``_PRICE_FIELDS``/``_QTY_FIELDS`` formatted."""
         out = msgspec.structs.asdict(event)
         out = {"type": type(event).__struct_config__.tag, **out}
         symbol = out.get("symbol")
@@ -445,6 +490,90 @@ class Codec:
         return self.catalog.known(symbol)[1].format(lots)
 
 
+# Per-class event encoders (Codec.event): each takes the catalog and the
+# event's fields as ``astuple`` gives them, in declaration order, and returns
+# the contract dict. Prices and quantities are formatted on the symbol's
+# grids; without grids (a symbol not defined) they stay integers, as in
+# ``Codec.event_generic``.
+
+
+def _grids_of(catalog: Catalog, symbol: str) -> tuple[Grid | None, Grid | None]:
+    grids = catalog.grids(symbol)
+    return (None, None) if grids is None else grids
+
+
+def _price(tick: Grid | None, value: Any) -> Any:
+    return value if tick is None or value is None else tick.format(value)
+
+
+def _qty(lot: Grid | None, value: Any) -> Any:
+    return value if lot is None else lot.format(value)
+
+
+def _accepted(catalog: Catalog, f: tuple) -> dict:
+    return {"type": "accepted", "seq": f[0], "order_id": f[1], "client_id": f[2], "account": f[3], "symbol": f[4]}
+
+
+def _rejected(catalog: Catalog, f: tuple) -> dict:
+    return {"type": "rejected", "seq": f[0], "client_id": f[1], "account": f[2], "reason": f[3], "message": f[4]}
+
+
+def _trade(catalog: Catalog, f: tuple) -> dict:
+    tick, lot = _grids_of(catalog, f[1])
+    return {"type": "trade", "seq": f[0], "symbol": f[1], "price": _price(tick, f[2]), "qty": _qty(lot, f[3]),
+            "maker_order_id": f[4], "taker_order_id": f[5], "maker_client_id": f[6], "taker_client_id": f[7],
+            "buyer": f[8], "seller": f[9], "aggressor": f[10]}
+
+
+def _cancelled(catalog: Catalog, f: tuple) -> dict:
+    _, lot = _grids_of(catalog, f[5])
+    return {"type": "cancelled", "seq": f[0], "order_id": f[1], "client_id": f[2], "reason": f[3],
+            "remaining_qty": _qty(lot, f[4]), "symbol": f[5]}
+
+
+def _triggered(catalog: Catalog, f: tuple) -> dict:
+    return {"type": "triggered", "seq": f[0], "order_id": f[1], "client_id": f[2], "symbol": f[3]}
+
+
+def _amended(catalog: Catalog, f: tuple) -> dict:
+    tick, lot = _grids_of(catalog, f[5])
+    return {"type": "amended", "seq": f[0], "order_id": f[1], "client_id": f[2], "qty": _qty(lot, f[3]),
+            "price": _price(tick, f[4]), "symbol": f[5]}
+
+
+def _prevented(catalog: Catalog, f: tuple) -> dict:
+    _, lot = _grids_of(catalog, f[5])
+    return {"type": "prevented", "seq": f[0], "taker_order_id": f[1], "maker_order_id": f[2], "qty": _qty(lot, f[3]),
+            "mode": f[4], "symbol": f[5]}
+
+
+def _auction(catalog: Catalog, f: tuple) -> dict:
+    tick, lot = _grids_of(catalog, f[1])
+    return {"type": "auction", "seq": f[0], "symbol": f[1], "price": _price(tick, f[2]), "volume": _qty(lot, f[3]),
+            "surplus": _qty(lot, f[4])}
+
+
+def _instrument_added(catalog: Catalog, f: tuple) -> dict:
+    return {"type": "instrument", "seq": f[0], "symbol": f[1], "tick": f[2], "lot": f[3]}
+
+
+def _phase(catalog: Catalog, f: tuple) -> dict:
+    return {"type": "phase", "seq": f[0], "symbol": f[1], "phase": f[2]}
+
+
+_EVENT_ENCODERS: Final = {
+    E.Accepted: _accepted,
+    E.Rejected: _rejected,
+    E.Trade: _trade,
+    E.Cancelled: _cancelled,
+    E.Triggered: _triggered,
+    E.Amended: _amended,
+    E.Prevented: _prevented,
+    E.AuctionResult: _auction,
+    E.InstrumentAdded: _instrument_added,
+    E.Phase: _phase,
+}
+
 _PRICE_FIELDS: Final = {E.Trade: ("price",), E.Amended: ("price",), E.AuctionResult: ("price",)}
 _QTY_FIELDS: Final = {
     E.Trade: ("qty",),
@@ -461,17 +590,31 @@ _TIF_CODES: Final = {name: code for code, name in enumerate(C.TIF_NAMES)}
 _STP_CODES: Final = {name: code for code, name in enumerate(C.STP_NAMES)}
 _ORDER_PATH_FIELDS: Final = ("account", "client_id", "symbol", "qty", "price", "trigger", "trail_amount", "activation_price",
                       "trail_percent", "expire_at")
-_path_cache: Final[dict[str, dict[str, str]]] = {}
+# Positions in a _paths tuple (constant indexes: no dict lookup per field).
+_AT_ACCOUNT: Final = 0
+_AT_CLIENT_ID: Final = 1
+_AT_SYMBOL: Final = 2
+_AT_QTY: Final = 3
+_AT_PRICE: Final = 4
+_AT_TRIGGER: Final = 5
+_AT_TRAIL_AMOUNT: Final = 6
+_AT_ACTIVATION: Final = 7
+_AT_TRAIL_PERCENT: Final = 8
+_AT_EXPIRE_AT: Final = 9
+_path_cache: Final[dict[str, tuple[str, ...]]] = {}
 
 
-def _paths(at: str) -> dict[str, str]:
+def _paths(at: str) -> tuple[str, ...]:
     """JSON paths of an order body's fields under ``at`` ("$", "$.legs[0]",
-    "$.entry", ...: a handful of values, so cached)."""
+    "$.entry", ...: a handful of values, so cached), in _ORDER_PATH_FIELDS order."""
     paths = _path_cache.get(at)
     if paths is None:
-        paths = {name: f"{at}.{name}" for name in _ORDER_PATH_FIELDS}
+        paths = tuple(f"{at}.{name}" for name in _ORDER_PATH_FIELDS)
         _path_cache[at] = paths
     return paths
+
+
+_TOP_PATHS: Final = _paths("$")
 
 
 def _check_target(client_id: str | None, order_id: int | None) -> None:
@@ -496,30 +639,29 @@ def _check_order_shape(
     at: str,
 ) -> None:
     """Field combinations each order kind accepts (edge validation)."""
-    needs_price = kind in (C.LIMIT, C.STOP_LIMIT)
+    needs_price = kind == LIMIT or kind == STOP_LIMIT
     if needs_price and price is None:
         raise CommandError(f"{at}.price", f"is required for a {C.KIND_NAMES[kind]} order")
     if not needs_price and price is not None:
         raise CommandError(f"{at}.price", f"is not allowed for a {C.KIND_NAMES[kind]} order")
-    if kind in (C.STOP, C.STOP_LIMIT):
+    if kind == STOP or kind == STOP_LIMIT:
         if trigger is None:
             raise CommandError(f"{at}.trigger", f"is required for a {C.KIND_NAMES[kind]} order")
     elif trigger is not None:
         raise CommandError(f"{at}.trigger", f"is not allowed for a {C.KIND_NAMES[kind]} order")
-    if kind == C.TRAILING_STOP:
+    if kind == TRAILING_STOP:
         if (trail_amount is None) == (trail_pct is None):
             raise CommandError(f"{at}.trail_amount", "give exactly one of trail_amount and trail_percent")
-    else:
-        for name, value in (("trail_amount", trail_amount), ("trail_percent", trail_pct), ("activation_price", activation)):
-            if value is not None:
-                raise CommandError(f"{at}.{name}", "is only allowed for a trailing_stop order")
-    if kind == C.MARKET and tif not in (C.IOC, C.FOK):
+    elif trail_amount is not None or trail_pct is not None or activation is not None:
+        name = "trail_amount" if trail_amount is not None else "trail_percent" if trail_pct is not None else "activation_price"
+        raise CommandError(f"{at}.{name}", "is only allowed for a trailing_stop order")
+    if kind == MARKET and tif != IOC and tif != FOK:
         raise CommandError(f"{at}.tif", "a market order must be IOC or FOK")
-    if kind in (C.STOP, C.TRAILING_STOP) and tif not in (C.GTC, C.GTD):
+    if (kind == STOP or kind == TRAILING_STOP) and tif != GTC and tif != GTD:
         raise CommandError(f"{at}.tif", "a stop order must be GTC or GTD")
-    if tif == C.GTD and expire_at is None:
+    if tif == GTD and expire_at is None:
         raise CommandError(f"{at}.expire_at", "is required for a GTD order")
-    if tif != C.GTD and expire_at is not None:
+    if tif != GTD and expire_at is not None:
         raise CommandError(f"{at}.expire_at", "is only allowed with tif GTD")
-    if post_only and (kind != C.LIMIT or tif not in (C.GTC, C.GTD)):
+    if post_only and (kind != LIMIT or (tif != GTC and tif != GTD)):
         raise CommandError(f"{at}.post_only", "needs a GTC or GTD limit order")
