@@ -21,14 +21,15 @@ test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$code
 
-# The mypyc-compiled core (docs/benchmarks.md, "Compiled core"): builds
-# jex/core/*.so in place; Python then prefers them over the .py sources.
-# JEX_CORE=pure runs the pure-Python core anyway; `make pure` deletes them.
+# The mypyc-compiled core and journal read path (docs/benchmarks.md,
+# "Compiled core"; the groups are GROUPS in jex/native.py): builds
+# jex/core/*.so and jex/journal/*.so in place; Python then prefers them over
+# the .py sources. JEX_CORE=pure runs pure Python anyway; `make pure` deletes them.
 fast: $(STAMP)
 	JEX_COMPILE=1 $(PY) setup.py build_ext --inplace
 
 pure:
-	rm -f jex/core/*.so
+	rm -f jex/core/*.so jex/journal/*.so
 
 clean: pure
 	rm -rf .jex-demo .jex build *.egg-info

@@ -60,8 +60,10 @@ def compiled_copy(tmp_path_factory) -> Path:
         cwd=root, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    built = sorted(p.name.split(".")[0] for p in (root / "jex" / "core").glob("*.so"))
-    assert set(native.COMPILED) <= set(built), built
+    for group in native.GROUPS:
+        directory = root.joinpath(*group.package.split("."))
+        built = sorted(p.name.split(".")[0] for p in directory.glob("*.so"))
+        assert set(group.modules) <= set(built), (group.package, built)
     return root
 
 
@@ -77,11 +79,14 @@ def _child(root: Path, code: str, core: str) -> subprocess.CompletedProcess:
 
 
 def test_switch_reports_what_runs(compiled_copy):
-    code = "import jex.native as n, jex.core.engine as e; print(n.kind(), e.__file__.rsplit('.', 1)[-1])"
+    code = """
+        import jex.native as n, jex.core.engine as e, jex.journal.record as r
+        print(n.kind(), e.__file__.rsplit('.', 1)[-1], n.kind(n.JOURNAL), r.__file__.rsplit('.', 1)[-1])
+    """
     compiled = _child(compiled_copy, code, "compiled")
     pure = _child(compiled_copy, code, "pure")
-    assert compiled.stdout.split() == ["compiled", "so"], compiled.stderr
-    assert pure.stdout.split() == ["pure", "py"], pure.stderr
+    assert compiled.stdout.split() == ["compiled", "so", "compiled", "so"], compiled.stderr
+    assert pure.stdout.split() == ["pure", "py", "pure", "py"], pure.stderr
     bad = _child(compiled_copy, "import jex", "fast")
     assert bad.returncode != 0 and "JEX_CORE='fast'" in bad.stderr
 
@@ -94,6 +99,18 @@ def test_a_stale_compiled_core_falls_back_to_pure(compiled_copy, tmp_path):
     code = "import jex.native as n; print(n.kind())"
     auto = _child(copy, code, "auto")
     assert auto.stdout.strip() == "pure" and "stale" in auto.stderr
+    forced = _child(copy, code, "compiled")
+    assert forced.returncode != 0 and "stale" in forced.stderr
+
+
+def test_a_stale_compiled_journal_falls_back_to_pure_alone(compiled_copy, tmp_path):
+    copy = tmp_path / "stale"
+    shutil.copytree(compiled_copy / "jex", copy / "jex")
+    source = copy / "jex" / "journal" / "record.py"
+    source.write_text(source.read_text())  # newer than its compiled module
+    code = "import jex.native as n; print(n.kind(), n.kind(n.JOURNAL))"
+    auto = _child(copy, code, "auto")
+    assert auto.stdout.split() == ["compiled", "pure"] and "jex.journal is stale" in auto.stderr
     forced = _child(copy, code, "compiled")
     assert forced.returncode != 0 and "stale" in forced.stderr
 
@@ -133,12 +150,98 @@ def test_compiled_and_pure_cores_give_identical_events_and_digests(compiled_copy
     assert compiled.stdout == pure.stdout
 
 
-def test_market_rule_tables_and_oracle_pass_on_the_compiled_core(compiled_copy):
+def test_market_rule_tables_oracle_and_codec_fuzz_pass_on_the_compiled_core(compiled_copy):
     env = dict(os.environ, PYTHONPATH=str(compiled_copy), JEX_CORE="compiled")
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         "tests/test_golden.py", "tests/test_state.py",
+         "tests/test_golden.py", "tests/test_state.py", "tests/test_fuzz_codec.py",
          "tests/test_reference_oracle.py", "tests/test_reference_oracle_contingent.py"],
         cwd=compiled_copy, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S * 2,
     )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+
+# The read path (journal.record compiled): a log of several segments, clean
+# and damaged in every way the scanner tells apart; per case the scan's
+# verdict and problem, rebuild()'s digest and stats (or its error), and
+# every record a two-pass read yields (or its error). Paths are printed
+# relative to the scratch directory.
+_READ_PATH = """
+    import shutil, sys, tempfile, xxhash
+    from pathlib import Path
+    from jex.journal import damage
+    from jex.journal.record import RecordType
+    from jex.journal.scan import read_records, scan
+    from jex.replay.rebuild import rebuild
+    import jex.native as n
+    assert n.kind(n.JOURNAL) == sys.argv[1], n.kind(n.JOURNAL)
+    root = Path(tempfile.mkdtemp())
+    base = Path(BASE_DIR)  # written once by the test: segment nonces are random
+    records = damage.locate_all(base / "wal")
+    mid, last = records[len(records) // 2], records[-1]
+    sealed = next(r for r in records if r.type == RecordType.SEAL)
+    cases = {
+        "clean": lambda wal: None,
+        "payload_bit": lambda wal: damage.flip_bit(wal / mid.path.name, mid.offset + 100),
+        "header_bit": lambda wal: damage.flip_bit(wal / mid.path.name, mid.offset + 50),
+        "payload_len_bit": lambda wal: damage.flip_bit(wal / mid.path.name, mid.offset + 75, 7),
+        "padding": lambda wal: damage.write_at(wal / mid.path.name, mid.offset + mid.length - 1, b"x"),
+        "last_cut": lambda wal: damage.zero_range(wal / last.path.name, last.offset + 40, last.length - 40),
+        "last_bit": lambda wal: damage.flip_bit(wal / last.path.name, last.offset + 90),
+        "tail_garbage": lambda wal: damage.write_at(wal / last.path.name, last.offset + last.length, b"junk" * 4),
+        "seal_bit": lambda wal: damage.flip_bit(wal / sealed.path.name, sealed.offset + 20),
+        "duplicate": lambda wal: damage.write_at(wal / mid.path.name, mid.offset + mid.length,
+                                                 damage.read_at(wal / mid.path.name, mid.offset, mid.length)),
+    }
+    def show(value):
+        return str(value).replace(str(root), "<root>")
+    for name, hurt in cases.items():
+        data = root / name
+        shutil.copytree(base, data)
+        hurt(data / "wal")
+        report = scan(data / "wal")
+        print(name, report.decision.name, report.rows, show(report.problem), report.last_seq)
+        try:
+            engine, stats = rebuild(data, hash_events=True)
+            print("  rebuild", engine.digest(), stats.records, stats.commands, stats.events, stats.last_seq,
+                  stats.last_ts, sorted(stats.kinds.items()), stats.events_digest)
+        except Exception as error:
+            print("  rebuild", type(error).__name__, show(error))
+        h = xxhash.xxh3_128()
+        try:
+            for record in read_records(data / "wal"):
+                h.update(repr(tuple(record)).encode())
+            print("  read", h.hexdigest())
+        except Exception as error:
+            print("  read", type(error).__name__, show(error))
+    shutil.rmtree(root)
+"""
+
+
+def test_compiled_and_pure_read_paths_give_identical_records_verdicts_and_errors(compiled_copy, tmp_path):
+    from jex.node.exchange import Exchange
+    from jex.workload import mixed_flow
+
+    base = tmp_path / "base"
+    with Exchange.open(base, backend="pwrite", clock="input", segment_bytes=64 * 1024, snapshot_every=0) as node:
+        for result in node.submit_many(mixed_flow(5, 1500, with_ts=True)):
+            assert result.error is None
+    script = _READ_PATH.replace("BASE_DIR", repr(str(base)))
+    pure = _child(compiled_copy, script.replace("sys.argv[1]", "'pure'"), "pure")
+    compiled = _child(compiled_copy, script.replace("sys.argv[1]", "'compiled'"), "compiled")
+    assert pure.returncode == 0, pure.stderr[-3000:]
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    lines = pure.stdout.splitlines()
+    assert len(lines) == 30 and "CORRUPT" in pure.stdout and "TORN" in pure.stdout, pure.stdout
+    assert compiled.stdout == pure.stdout
+
+
+def test_journal_tests_pass_on_the_compiled_read_path(compiled_copy):
+    env = dict(os.environ, PYTHONPATH=str(compiled_copy), JEX_CORE="compiled")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "tests/journal/test_journal_record.py", "tests/journal/test_journal_reader.py",
+         "tests/journal/test_journal_scan_table.py", "tests/test_replay.py"],
+        cwd=compiled_copy, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S * 2,
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]

@@ -90,3 +90,74 @@ def test_an_undecodable_payload_stops_the_rebuild_at_its_seq(tmp_path):
     with pytest.raises(ReplayError) as caught:
         rebuild(tmp_path)
     assert caught.value.seq == 1 and "seq 1" in str(caught.value)
+
+
+# The journal's reads (scan.iter_segment_records: Journal.records, recovery's
+# genesis replay) are replayed in one fused walk when nobody has iterated
+# them yet; it must apply and refuse exactly what iterating them does.
+
+
+def _segment_records(root: Path, from_seq: int, to_seq: int, anchor=None):
+    from jex.journal.scan import iter_segment_records
+    from jex.journal.storage import OsStorage
+
+    return iter_segment_records(OsStorage(), root / "wal", from_seq, to_seq, anchor=anchor)
+
+
+def _fused_and_iterated(root: Path, from_seq: int, last_seq: int, anchor=None, **kwargs):
+    """(engine, stats) of replaying records from_seq..last_seq fused, and iterated."""
+    records = _segment_records(root, from_seq, last_seq, anchor)
+    assert records.fusable
+    fused_engine, iterated_engine = Engine(), Engine()
+    fused = fused_engine, replay_records(fused_engine, records, hash_events=True, **kwargs)
+    iterated_records = (r for r in _segment_records(root, from_seq, last_seq, anchor))  # a generator: iterated
+    iterated = iterated_engine, replay_records(iterated_engine, iterated_records, hash_events=True, **kwargs)
+    return fused, iterated
+
+
+@pytest.mark.parametrize(("from_seq", "to_seq", "replay_to"), [(1, 10**6, None), (1, 777, None), (1, 10**6, 500),
+                                                               (300, 900, None), (5, 4, None)])  # fmt: skip
+def test_a_fused_journal_read_replays_what_iterating_it_replays(data_dir, from_seq, to_seq, replay_to):
+    last = damage.locate_all(data_dir / "wal")[-1].seq
+    fused, iterated = _fused_and_iterated(data_dir, from_seq, min(to_seq, last), to_seq=replay_to)
+    same(fused, iterated)
+    assert fused[1].records == max(0, min(to_seq, last, replay_to or last) - from_seq + 1)
+
+
+def test_a_fused_journal_read_from_an_anchor_replays_what_iterating_it_replays(data_dir):
+    records = damage.locate_all(data_dir / "wal")
+    at = next(r for r in records if r.seq > 600 and r.batch_end)
+    chain = next(r.chain for r in _segment_records(data_dir, at.seq, at.seq))
+    fused, iterated = _fused_and_iterated(data_dir, at.seq, records[-1].seq, anchor=chain)
+    same(fused, iterated)
+    assert fused[1].records == records[-1].seq - at.seq + 1
+
+
+def test_a_fused_journal_read_refuses_damage_as_iterating_does(data_dir, tmp_path):
+    import shutil
+
+    last = damage.locate_all(data_dir / "wal")[-1].seq
+    for index in (0, 2):
+        root = tmp_path / f"copy-{index}"
+        shutil.copytree(data_dir, root, ignore=shutil.ignore_patterns("LOCK", "*.tmp"))
+        segment = damage.segment_paths(root / "wal")[index]
+        victim = [r for r in damage.locate_records(segment) if r.type == RecordType.COMMAND][3]
+        damage.flip_bit(segment, victim.payload_offset + 1)
+        errors = []
+        for records in (_segment_records(root, 1, last), (r for r in _segment_records(root, 1, last))):
+            with pytest.raises(JournalCorrupt) as caught:
+                replay_records(Engine(), records)
+            errors.append((caught.value.seq, caught.value.reason, str(caught.value)))
+        assert errors[0] == errors[1] and errors[0][0] == victim.seq
+        # Damage past what is read is never looked at, either way.
+        fused, iterated = _fused_and_iterated(root, 1, victim.seq - 1)
+        same(fused, iterated)
+
+
+def test_a_journal_read_that_was_iterated_is_not_walked_again(data_dir):
+    records = _segment_records(data_dir, 1, 50)
+    first = next(records)
+    assert first.seq == 1 and not records.fusable
+    engine = Engine()
+    stats = replay_records(engine, records)
+    assert (stats.records, stats.last_seq) == (49, 50)

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+import jex.native as native
 from jex.journal.writer import Journal
 from jex.node.exchange import BULK_BATCH_WAIT_NS, Exchange
 from jex.node.gateway import Gateway, GatewayError
@@ -261,8 +262,9 @@ def device_commit_run(backend: str, directory: Path, seconds: float) -> dict:
 
 def replay_run(directory: Path) -> dict:
     """``rebuild`` a data directory from genesis: ``{"records", "commands",
-    "seconds", "throughput_cmd_s", "digest"}`` (seconds: wall time of the
-    whole rebuild, reading included)."""
+    "seconds", "throughput_cmd_s", "digest", "read_path"}`` (seconds: wall
+    time of the whole rebuild, reading included; read_path: whether the
+    journal's record framing ran compiled or pure, jex/native.py)."""
     with frozen_heap():
         started = time.perf_counter()
         engine, stats = rebuild(directory)
@@ -275,6 +277,7 @@ def replay_run(directory: Path) -> dict:
         "seconds": round(seconds, 4),
         "throughput_cmd_s": round(stats.commands / seconds) if seconds > 0 else 0,
         "digest": digest,
+        "read_path": native.kind(native.JOURNAL),
     }
 
 

@@ -54,7 +54,9 @@ def figures(result: dict) -> list[dict]:
                              "pwrite", d["pwrite"]["throughput_cmd_s"]))
     for name, r in result.get("replay", {}).items():
         base = engine.get(name, {}).get("throughput_cmd_s")
-        rows.append(_row("replay", f"{name}: rebuild()", r["throughput_cmd_s"], "cmd/s", "Engine.apply alone", base))
+        read_path = " (compiled journal)" if r.get("read_path") == "compiled" else ""
+        rows.append(_row("replay", f"{name}: rebuild(){read_path}", r["throughput_cmd_s"], "cmd/s",
+                         "Engine.apply alone", base))
     for name, r in result.get("recovery", {}).items():
         base = result.get("replay", {}).get(name, {}).get("seconds")
         rows.append(_row("recovery", f"{name}: open -> first command durable", r["to_first_command_s"], "s",

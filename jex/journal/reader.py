@@ -51,6 +51,7 @@ from jex.journal.limits import (
 from jex.journal.record import (
     OFFSET_PAYLOAD_LEN,
     Header,
+    CommandSink,
     Record,
     RecordCursor,
     decode_header,
@@ -143,6 +144,15 @@ class SegmentCursor:
         # chain() hands each chunk's records straight from the RecordCursor
         # to the caller: no generator frame of ours per record (~10% faster).
         return itertools.chain.from_iterable(self._chunk_cursors())
+
+    def apply_commands(self, sink: CommandSink, from_seq: int = 0, to_seq_walk: int = 1 << 64) -> None:
+        """The same walk, handing each verified record to `sink` instead of
+        yielding it (record.RecordCursor.apply_commands, chunk by chunk, with
+        the same bounds). Leaves the same state behind as iterating does
+        (to the end, or up to the first record past `to_seq_walk`)."""
+        for cursor in self._chunk_cursors():
+            # A stop at the bound is at a whole, verified record: the chunks end there.
+            cursor.apply_commands(sink, from_seq, to_seq_walk)
 
     def _chunk_cursors(self) -> Iterator[RecordCursor]:
         """One RecordCursor per chunk; each is walked to its end (by chain)

@@ -114,6 +114,7 @@ from jex.journal.limits import (
 from jex.journal.reader import (
     Anchor,
     Beyond,
+    SegmentCursor,
     find_anchor,
     last_nonzero,
     read_tail,
@@ -124,6 +125,7 @@ from jex.journal.reader import (
 from jex.journal.record import (
     VERSION,
     VERSIONS_READABLE,
+    CommandSink,
     Header,
     Record,
     RecordType,
@@ -459,7 +461,7 @@ def scan(
     *,
     storage: Storage | None = None,
     start: Anchor | None = None,
-    consume: Callable[[Iterator[Record]], object] | None = None,
+    consume: Callable[[SegmentCursor], object] | None = None,
 ) -> Report:
     """Verify the log and decide. Reads only; one chunk in memory at a time.
     O(record bytes) (~0.8 us per 64-byte record) plus, for the last segment
@@ -477,10 +479,12 @@ def scan(
     scanned instead, so the verdict on the part verified is always the full
     scan's. `Report.verified_from_seq` says where verification began.
 
-    `consume`, if given, is called with each walked segment's iterator of
-    verified records and must exhaust it: a reader that wants the records
-    gets them in the same pass that judges them (rebuild). It sees a
-    segment's records before the verdict: the caller checks `decision`.
+    `consume`, if given, is called with each walked segment's cursor
+    (reader.SegmentCursor) and must walk it to its end, by iterating its
+    verified records or by handing it a CommandSink (apply_commands, the
+    replay's fused loop): a reader that wants the records gets them in the
+    same pass that judges them (rebuild). It sees a segment's records
+    before the verdict: the caller checks `decision`.
     """
     storage = storage or OsStorage()
     listing = list_segments(storage, wal_dir)
@@ -563,7 +567,7 @@ def _judge_segment(
     header: SegmentHeader,
     ts_ns: int,
     later: list[SegmentFile],
-    consume: Callable[[Iterator[Record]], object] | None = None,
+    consume: Callable[[SegmentCursor], object] | None = None,
     anchored: tuple[int, Header] | None = None,
 ) -> tuple[_Walk, SuccessorFact, str, SegmentHeader | None]:
     """Walk one segment (from its first record, or from the anchor's
@@ -617,7 +621,7 @@ def _walk_segment(
     file: SegmentFile,
     header: SegmentHeader,
     ts_ns: int,
-    consume: Callable[[Iterator[Record]], object] | None = None,
+    consume: Callable[[SegmentCursor], object] | None = None,
     anchored: tuple[int, Header] | None = None,
 ) -> _Walk:
     """Verify the records of one segment from its header on (or from the
@@ -627,7 +631,7 @@ def _walk_segment(
     if consume is None:
         deque(cursor, maxlen=0)  # Verify only: consume without keeping anything.
     else:
-        consume(iter(cursor))
+        consume(cursor)
     error = cursor.stop_error()
     tail = read_tail(storage, fd, size, cursor)
     end = SegmentEnd(
@@ -857,7 +861,7 @@ def read_records(
 
 def iter_segment_records(
     storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, *, anchor: bytes | None = None
-) -> Iterator[Record]:
+) -> SegmentRecords:
     """Records from_seq..to_seq, starting at the segment that holds from_seq.
 
     Every record is verified again (checksums, nonce, seq, chain from the
@@ -876,7 +880,55 @@ def iter_segment_records(
     verifying from it on. If it is not found, the segment is walked from its
     start as without an anchor; a caller that needs the record to carry the
     anchor's chain value checks the first record it gets.
+
+    The result is a lazy iterator of Records (nothing is read before the
+    first next()); a replay may instead hand it a CommandSink
+    (SegmentRecords.apply_commands) before iterating it.
     """
+    return SegmentRecords(storage, wal_dir, from_seq, to_seq, anchor)
+
+
+class SegmentRecords:
+    """The records of iter_segment_records: an iterator of Records, or, for
+    a replay that has not iterated it, one fused walk that hands them to a
+    CommandSink (record.RecordCursor.apply_commands: no Record or generator
+    step per record). Both run the same segment-level checks and raise the
+    same JournalCorrupt."""
+
+    def __init__(self, storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, anchor: bytes | None) -> None:
+        self._records = _records(storage, wal_dir, from_seq, to_seq, anchor, None)
+        self._walk = (storage, wal_dir, from_seq, to_seq, anchor)
+        self._started = False
+
+    def __iter__(self) -> SegmentRecords:
+        return self
+
+    def __next__(self) -> Record:
+        self._started = True
+        return next(self._records)
+
+    def close(self) -> None:
+        self._records.close()
+
+    @property
+    def fusable(self) -> bool:
+        """True until iteration begins: apply_commands may still walk everything."""
+        return not self._started
+
+    def apply_commands(self, sink: CommandSink) -> None:
+        """Walk every record from_seq..to_seq into `sink`, verifying as
+        iterating does. Only before iteration has begun (`fusable`)."""
+        assert not self._started, "the records are being iterated"
+        self._started = True
+        self._records.close()
+        deque(_records(*self._walk, sink), maxlen=0)
+
+
+def _records(
+    storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, anchor: bytes | None, sink: CommandSink | None
+) -> Iterator[Record]:
+    """iter_segment_records' walk: yields the records, or (with a sink)
+    hands them to it and yields nothing."""
     files = list_segments(storage, wal_dir).segments
     start = max((i for i, f in enumerate(files) if f.first_seq <= from_seq), default=0)
     seq = files[start].first_seq if files else from_seq
@@ -887,7 +939,7 @@ def iter_segment_records(
         fd = storage.open(file.path)
         try:
             at = anchor if index == 0 else None
-            seq, chain = yield from _segment_records(storage, fd, file, seq, from_seq, to_seq, chain, at)
+            seq, chain = yield from _segment_records(storage, fd, file, seq, from_seq, to_seq, chain, at, sink)
         finally:
             storage.close(fd)
     if seq <= to_seq:
@@ -903,6 +955,7 @@ def _segment_records(
     to_seq: int,
     before: tuple[bytes, bool] | None,
     anchor: bytes | None,
+    sink: CommandSink | None,
 ) -> Iterator[Record]:
     """One segment's part of iter_segment_records; returns the next seq
     (past to_seq when done) and how the segment ended (chain value, sealed)."""
@@ -919,11 +972,16 @@ def _segment_records(
     size = storage.size(fd)
     found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, Anchor(from_seq, anchor))
     cursor = segment_cursor(storage, fd, size, header, found)
-    for record in cursor:
-        if record.seq > to_seq:
-            return record.seq, None
-        if record.seq >= from_seq:
-            yield record
+    if sink is not None:
+        cursor.apply_commands(sink, from_seq, to_seq)
+        if cursor.seq > to_seq:  # Everything wanted was walked (stopped at the bound, or the segment ended).
+            return cursor.seq, None
+    else:
+        for record in cursor:
+            if record.seq > to_seq:
+                return record.seq, None
+            if record.seq >= from_seq:
+                yield record
     error = cursor.stop_error()
     if cursor.seq <= to_seq and error is not None:
         raise JournalCorrupt(file.path, cursor.offset, cursor.seq, "record_unreadable", str(error))

@@ -5,22 +5,25 @@ orders, stats, replay) without taking the writer lock. Replay never reads a
 clock: each command is applied with the seq and timestamp stored in its
 record header, so replay reproduces the live events byte for byte.
 
-The replay loop is the read path's hot loop: per record it unpacks the
-Record in the for statement, decodes the payload with one msgspec call and
-applies it; everything optional (event hashing, the caller's callback,
-invariant checks) is one call behind one test, and per-type counts are kept
-by class and named once at the end. `rebuild` reads the log once: the
-scanner hands each segment's verified records to the replay as it walks
-them (scan(consume=...)), and the verdict comes at the end of that one pass.
+The replay loop is the read path's hot loop: per record one msgspec
+decode and one apply; everything optional (event hashing, the caller's
+callback, invariant checks) is one call behind one test, and per-type counts
+are kept by class and named once at the end. `rebuild` reads the log once:
+the scanner hands each segment's cursor to the replay as it walks it
+(scan(consume=...)), the cursor verifies and applies in one fused loop
+(journal.record.RecordCursor.apply_commands, compiled with the record
+framing by `make fast`: no Record and no generator step per record), and
+the verdict comes at the end of that one pass. Journal reads that nobody
+has iterated yet (scan.SegmentRecords: recovery's genesis replay) are
+walked the same way; any other iterable of records goes through `feed`.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, NoReturn
 
 import msgspec
 import xxhash
@@ -28,7 +31,10 @@ import xxhash
 from jex.core import Engine
 from jex.core.commands import Command
 from jex.core.events import encode_events
-from jex.journal.record import RecordType
+from jex.journal.record import CommandSink, RecordType
+
+if TYPE_CHECKING:
+    from jex.journal.reader import SegmentCursor
 
 # The log's command decoder (core.decode_command's, without the wrapper that
 # re-raises UnicodeError and RecursionError as DecodeError: replay maps all
@@ -67,11 +73,13 @@ class ReplayStats:
 
 class Replayer:
     """Applies the COMMAND records (seq <= to_seq) of one or more record
-    iterables to ``engine``, in order, and accumulates the ReplayStats.
+    sources to ``engine``, in order, and accumulates the ReplayStats.
 
-    ``feed`` may be called once per segment (the scanner's consumer) or
-    once with everything (``replay_records``). Records are objects that
-    unpack as Record does: (seq, ts_ns, type, payload, chain).
+    ``consume`` takes a segment cursor (the scanner's consumer: the fused,
+    verifying walk of journal.record.RecordCursor.apply_commands), ``feed``
+    any iterable of records (objects that unpack as Record does: seq, ts_ns,
+    type, payload, chain); either may be called once per segment or once
+    with everything. Both keep their counts in one journal.record.CommandSink.
     """
 
     def __init__(
@@ -85,30 +93,46 @@ class Replayer:
     ) -> None:
         self.engine = engine
         self.to_seq = _NO_LIMIT if to_seq is None else to_seq
-        self.done = False  # a record past to_seq was seen: nothing more is applied
         self.stats = ReplayStats()
         self._hasher = xxhash.xxh3_128() if hash_events else None
-        self._after = _after_apply(engine, on_events, check_invariants, self._hasher)
-        self._counts: dict[type, int] = {}
+        after = _after_apply(engine, on_events, check_invariants, self._hasher)
+        self.sink = CommandSink(
+            _decode, engine.apply, to_seq=self.to_seq, after=after, decode_errors=_DECODE_ERRORS, undecodable=_undecodable
+        )
+
+    @property
+    def done(self) -> bool:
+        """A record past to_seq was seen: nothing more is applied."""
+        return self.sink.done
 
     def feed(self, records: Iterable) -> None:
         """Apply the records until one is past to_seq. O(records); per
         record one decode and one apply. Raises ReplayError naming the seq
-        of an undecodable payload (everything before it applied)."""
-        if self.done:
+        of an undecodable payload (everything before it applied). Records
+        from scan.iter_segment_records (the journal's reads, recovery's
+        genesis replay) that nobody has iterated yet are walked fused
+        (SegmentRecords.apply_commands), verified exactly as iterating does."""
+        sink = self.sink
+        if sink.done:
             return
-        apply, decode, to_seq, after = self.engine.apply, _decode, self.to_seq, self._after
-        counts = self._counts
+        if getattr(records, "fusable", False):  # scan.SegmentRecords not yet iterated: one fused walk
+            started = time.perf_counter()
+            try:
+                records.apply_commands(sink)
+            finally:
+                self.stats.seconds += time.perf_counter() - started
+            return
+        apply, decode, to_seq, after = sink.apply, sink.decode, sink.to_seq, sink.after
+        counts = sink.counts
         count_of = counts.get
         command_type = int(RecordType.COMMAND)
-        stats = self.stats
         applied = others = events = 0
-        last_seq, last_ts = stats.last_seq, stats.last_ts
+        last_seq, last_ts = sink.last_seq, sink.last_ts
         started = time.perf_counter()
         try:
             for seq, ts, kind, payload, _ in records:
                 if seq > to_seq:
-                    self.done = True
+                    sink.done = True
                     break
                 last_seq = seq
                 last_ts = ts
@@ -118,9 +142,7 @@ class Replayer:
                 try:
                     command = decode(payload)
                 except _DECODE_ERRORS as exc:
-                    raise ReplayError(
-                        seq, f"undecodable command payload: {type(exc).__name__}: {str(exc)[:200]!r}"
-                    ) from None
+                    _undecodable(seq, exc)
                 produced = apply(command, seq, ts)
                 applied += 1
                 events += len(produced)
@@ -129,27 +151,40 @@ class Replayer:
                 if after is not None:
                     after(seq, produced)
         finally:
-            stats.records += applied + others
-            stats.commands += applied
-            stats.events += events
-            stats.last_seq, stats.last_ts = last_seq, last_ts
-            stats.seconds += time.perf_counter() - started
+            sink.commands += applied
+            sink.others += others
+            sink.events += events
+            sink.last_seq, sink.last_ts = last_seq, last_ts
+            self.stats.seconds += time.perf_counter() - started
 
-    def consume(self, records: Iterator) -> None:
-        """The scanner's consumer: feed, then exhaust what is left unapplied
-        (the scan verifies every record, wanted or not)."""
-        self.feed(records)
-        deque(records, maxlen=0)
+    def consume(self, cursor: SegmentCursor) -> None:
+        """The scanner's consumer: walk one segment's cursor to its end,
+        applying as it verifies (records past to_seq are verified, not
+        applied). O(records); no Record or generator step per record."""
+        started = time.perf_counter()
+        try:
+            cursor.apply_commands(self.sink)
+        finally:
+            self.stats.seconds += time.perf_counter() - started
 
     def finish(self) -> ReplayStats:
-        stats = self.stats
+        stats, sink = self.stats, self.sink
+        stats.records += sink.commands + sink.others
+        stats.commands += sink.commands
+        stats.events += sink.events
+        stats.last_seq, stats.last_ts = sink.last_seq, sink.last_ts
+        sink.commands = sink.others = sink.events = 0
         kinds = stats.kinds
-        for cls, count in self._counts.items():
+        for cls, count in sink.counts.items():
             kinds[cls.__name__] = kinds.get(cls.__name__, 0) + count
-        self._counts.clear()
+        sink.counts.clear()
         if self._hasher is not None:
             stats.events_digest = self._hasher.hexdigest()
         return stats
+
+
+def _undecodable(seq: int, exc: BaseException) -> NoReturn:
+    raise ReplayError(seq, f"undecodable command payload: {type(exc).__name__}: {str(exc)[:200]!r}") from None
 
 
 def _after_apply(

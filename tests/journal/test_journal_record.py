@@ -16,6 +16,7 @@ from jex.journal.errors import RECORD_REASONS, RecordError
 from jex.journal.limits import PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES
 from jex.journal.record import (
     ZERO_CHAIN,
+    CommandSink,
     RecordCursor,
     RecordType,
     decode_record,
@@ -264,3 +265,115 @@ def test_encode_records_rejects_what_encode_batch_rejects():
         encode_records(1, [1], [bytes(PAYLOAD_BYTES_MAX + 1)], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
     with pytest.raises(ValueError, match="seq"):
         encode_records(2**64, [1], [b"a"], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+
+
+# --- the fused walk (RecordCursor.apply_commands) against iterating --------------------
+
+_CURSOR_STATE = ("offset", "seq", "parent", "ts_ns", "sealed", "count",
+                 "batch_offset", "batch_seq", "batch_parent", "batch_ts_ns")  # fmt: skip
+
+
+class _Undecodable(Exception):
+    pass
+
+
+class _Refused(Exception):
+    pass
+
+
+def _sink(to_seq=1 << 64, *, refuse=None):
+    """A CommandSink whose "decode" is the payload itself (or refuses one
+    payload) and whose "apply" records what it was handed."""
+    applied = []
+
+    def decode(payload):
+        if payload == refuse:
+            raise _Undecodable(payload)
+        return payload
+
+    def apply(command, seq, ts_ns):
+        applied.append((seq, ts_ns, command))
+        return [command] * (seq % 3)
+
+    def undecodable(seq, error):
+        raise _Refused(f"undecodable seq {seq}") from None
+
+    sink = CommandSink(decode, apply, to_seq=to_seq, after=None, decode_errors=(_Undecodable,), undecodable=undecodable)
+    return sink, applied
+
+
+def _walk_both(data, to_seq=1 << 64):
+    iterated = RecordCursor(data, 0, len(data) - len(data) % 8, nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    records = list(iterated)
+    fused = RecordCursor(data, 0, len(data) - len(data) % 8, nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    sink, applied = _sink(to_seq)
+    fused.apply_commands(sink)
+    for name in _CURSOR_STATE:
+        assert getattr(fused, name) == getattr(iterated, name), name
+    error_iterated, error_fused = iterated.stop_error(), fused.stop_error()
+    assert (error_iterated is None) == (error_fused is None)
+    if error_iterated is not None:
+        assert (error_fused.reason, error_fused.offset) == (error_iterated.reason, error_iterated.offset)
+    wanted = [r for r in records if r.seq <= to_seq]
+    commands = [(r.seq, r.ts_ns, r.payload) for r in wanted if r.type == RecordType.COMMAND]
+    assert applied == commands
+    assert (sink.commands, sink.others) == (len(commands), len(wanted) - len(commands))
+    assert sink.events == sum(seq % 3 for seq, _, _ in commands)
+    assert sink.done == any(r.seq > to_seq for r in records)
+    if wanted:
+        assert (sink.last_seq, sink.last_ts) == (wanted[-1].seq, wanted[-1].ts_ns)
+    return records, error_iterated
+
+
+def _batches_and_a_seal() -> bytes:
+    """Three batches of commands with every padding length, a CHECKPOINT
+    and a SEAL, then zeros."""
+    rng = random.Random(11)
+    data, parent, seq, ts = bytearray(), ZERO_CHAIN, 1, 0
+    for size in (5, 1, 4):
+        entries = [(seq + i, ts + i, rng.randbytes(rng.randrange(0, 40))) for i in range(size)]
+        buffer, parent, ts = encode_batch(entries, parent=parent, nonce=NONCE, expect_seq=seq, ts_floor=ts)
+        data += buffer
+        seq += size
+    for kind, payload in ((RecordType.CHECKPOINT, bytes(16)), (RecordType.SEAL, b"")):
+        buffer, parent = encode_one(seq, ts, payload, parent=parent, nonce=NONCE, record_type=kind)
+        data += buffer
+        seq += 1
+    return bytes(data) + bytes(RECORD_HEADER_BYTES * 2)
+
+
+def test_fused_walk_matches_iterating_on_a_clean_buffer_and_up_to_every_seq():
+    data = _batches_and_a_seal()
+    records, error = _walk_both(data)
+    assert error is None and len(records) == 12 and records[-1].type == RecordType.SEAL
+    for to_seq in range(0, 13):
+        _walk_both(data, to_seq)
+
+
+def test_fused_walk_stops_where_iterating_stops_after_any_damage():
+    """Every bit flipped in turn (one bit per byte, rotating), every byte
+    zeroed: the fused walk applies exactly the records iterating yields,
+    stops at the same offset for the same reason and leaves the same
+    state (chain, seq, batch) behind."""
+    data = _batches_and_a_seal()
+    end = len(data) - 2 * RECORD_HEADER_BYTES
+    for at in range(end):
+        flipped = bytearray(data)
+        flipped[at] ^= 1 << (at % 8)
+        _walk_both(bytes(flipped))
+        zeroed = bytearray(data)
+        zeroed[at] = 0
+        _walk_both(bytes(zeroed))
+    for cut in range(0, end, 8):  # cut off anywhere: the rest is zeros
+        _walk_both(data[:cut] + bytes(len(data) - cut))
+
+
+def test_fused_walk_reports_an_undecodable_payload_with_its_seq_and_stops_there():
+    buffer, _, _ = encode([b"a", b"bad", b"c"])
+    cursor = RecordCursor(bytes(buffer), 0, len(buffer), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+    sink, applied = _sink(refuse=b"bad")
+    with pytest.raises(_Refused) as caught:
+        cursor.apply_commands(sink)
+    assert "undecodable seq 2" in str(caught.value)
+    assert [seq for seq, _, _ in applied] == [1]
+    assert (cursor.seq, sink.last_seq, sink.commands) == (2, 2, 1)
