@@ -174,8 +174,12 @@ class Codec:
 
     # ---------------------------------------------------------- commands
 
-    def command(self, data: bytes | str | dict) -> tuple[C.Command, int | None]:
-        """Decode and validate one command; returns (command, input ts or None)."""
+    def command(self, data: Any) -> tuple[C.Command, int | None]:
+        """Decode and validate one command (a JSON line as bytes or str, or a
+        parsed dict); returns (command, input ts or None). Anything else is
+        a CommandError like any bad input: ``data`` is typed Any so that a
+        compiled codec leaves the check to decode_wire instead of raising
+        its own TypeError at the call."""
         wire = _decode_wire(data)
         ts = wire.ts  # every wire command has an optional ts
         _check_ts(ts, "$.ts")
