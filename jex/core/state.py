@@ -466,17 +466,22 @@ def _restore_registry(data: list, strings: list, accounts: list, client_ids: lis
 
 def _register_all(registry: dict[str, dict[str, int]], accounts: list, client_ids: list, ids: list) -> None:
     """Enter the (accounts[i], client_ids[i]) -> ids[i] entries. O(n); runs
-    of one account (the common case: the table is in id order) reuse its dict."""
+    of one account reuse its dict. An indexed loop, not a zip: compiled, it
+    builds no tuple per entry."""
+    n = len(client_ids)
+    if len(accounts) != n or len(ids) != n:
+        raise ValueError(f"registry columns of {len(accounts)}, {n} and {len(ids)} entries")
     account: object = None
     entries: dict[str, int] = {}
-    for a, c, i in zip(accounts, client_ids, ids):
+    for p in range(n):
+        a = accounts[p]
         if a is not account:
             account = a
             found = registry.get(a)
             if found is None:
                 found = registry[a] = {}
             entries = found
-        entries[c] = i
+        entries[client_ids[p]] = ids[p]
 
 
 def _restore_group(row: list, orders: dict[int, Order]) -> OcoGroup | BracketGroup | ConditionalGroup:
