@@ -167,3 +167,20 @@ def test_a_book_queue_naming_an_order_twice_is_refused():
         pytest.skip("no instrument with two bid levels")
     with pytest.raises(ValueError, match="queued twice"):
         restore_state(exported)
+
+
+def test_registry_lists_every_entry_in_id_order_across_accounts():
+    """Engine.registry(): ids ascending whatever the accounts' interleaving
+    (the layout is account -> client_id -> id); unordered, the same entries;
+    registered() answers for each and for nothing else."""
+    engine = _engine(6, 2500)
+    rows = engine.registry()
+    ids = [order_id for _, _, order_id in rows]
+    assert len({account for account, _, _ in rows}) > 1
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) > 100
+    assert sorted(engine.registry(ordered=False), key=lambda row: row[2]) == rows
+    for account, client_id, order_id in rows[::37]:
+        assert engine.registered(account, client_id) == order_id
+    account, client_id, _ = rows[0]
+    assert engine.registered(account, client_id + "-never") is None
+    assert engine.registered("no-such-account", client_id) is None

@@ -98,14 +98,17 @@ class EngineBase:
         ids = self.client_ids.get(account)
         return None if ids is None else ids.get(client_id)
 
-    def registry(self) -> list[tuple[str, str, int]]:
-        """Every ``(account, client_id, id)`` registered, in id order (the
+    def registry(self, ordered: bool = True) -> list[tuple[str, str, int]]:
+        """Every ``(account, client_id, id)`` registered: in id order (the
         order they were registered in: ids are handed out as entries are
-        made). O(n log n), and about O(n) when a few accounts hold most
-        entries (each account's entries are mostly in id order already)."""
+        made), or with ``ordered=False`` grouped by account, for a caller
+        that only builds a map. O(n log n) ordered, and about O(n) when a
+        few accounts hold most entries (each account's entries are mostly in
+        id order already); O(n) unordered."""
         rows = [(account, client_id, order_id)
                 for account, ids in self.client_ids.items() for client_id, order_id in ids.items()]
-        rows.sort(key=_third)
+        if ordered:
+            rows.sort(key=_third)
         return rows
 
     def register(self, account: str, client_id: str, order_id: Any) -> None:

@@ -133,7 +133,7 @@ class Gateway:
         # order id -> account, for every order and group ever accepted (the
         # engine keeps the same registry keyed the other way). Written only
         # by the writer thread, before the result naming the id is released.
-        self._owners: dict[int, str] = {oid: account for account, _, oid in exchange.engine.registry()}
+        self._owners: dict[int, str] = {oid: account for account, _, oid in exchange.engine.registry(ordered=False)}
         self._guard = threading.Lock()  # listeners, watched symbols, stop callbacks
         self._closing = threading.Event()
         self._dead = False  # the writer has left its loop: nothing more is accepted
