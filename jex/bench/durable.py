@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 import jex.native as native
-from jex.journal.writer import Journal
+from jex.journal import bench as journal_bench
+from jex.journal.backends import Backend, make_backend
+from jex.journal.storage import OsStorage
 from jex.node.exchange import BULK_BATCH_WAIT_NS, Exchange
 from jex.node.gateway import Gateway, GatewayError
 from jex.replay.rebuild import rebuild
@@ -46,7 +48,7 @@ ACK_DRAIN_TIMEOUT_S = 120.0  # how long to wait for the last acknowledgements
 SETTLE_S_MAX = 10.0  # longest wait for the journal's first segment preparation
 SETTLE_POLL_S = 0.01
 ACK_BACKLOG_S_MAX = 0.25  # stop offering once this many seconds of offered load wait unacknowledged
-DEVICE_PAYLOAD = bytes(64)  # device_commit_run's record: about the size of a logged order
+DEVICE_PAYLOAD_BYTES = 64  # device_commit_run's record: about the size of a logged order
 _ACKED, _REFUSED, _FAILED = 1, 2, 3  # how a command's future resolved (ack_latency_run)
 
 
@@ -237,27 +239,20 @@ def ack_latency_run(workload: Workload, backend: str, directory: Path, rate_cmd_
 
 def device_commit_run(backend: str, directory: Path, seconds: float) -> dict:
     """Back-to-back durable commits of one 64-byte record through the
-    journal alone on ``backend`` for ``seconds``: ``{"backend", "commits",
-    "commit_ns": summary}`` (each submit -> durable, the floor under any
-    acknowledgement on this disk and backend at this moment)."""
-    clock = time.perf_counter_ns
-    latencies: list[int] = []
-    journal = Journal.open(directory / "wal", backend=backend)
-    try:
-        settle(journal)
-        ts = time.time_ns()
-        deadline = clock() + int(seconds * 1e9)
-        while True:
-            started = clock()
-            if started >= deadline:
-                break
-            journal.submit_records(journal.next_seq, (ts,), (DEVICE_PAYLOAD,))
-            journal.wait()
-            latencies.append(clock() - started)
-        name = journal.backend_name
-    finally:
-        journal.close()
-    return {"backend": name, "commits": len(latencies), "commit_ns": summarize(latencies)}
+    journal alone on ``backend`` for ``seconds`` (``jex.journal.bench``'s
+    timed loop, batch 1, no work between submit and wait): ``{"backend",
+    "commits", "commit_ns": summary}`` (each submit -> durable, the floor
+    under any acknowledgement on this disk and backend at this moment)."""
+    made: list[Backend] = []
+
+    def make() -> Backend:
+        made.append(make_backend(backend, OsStorage()))
+        return made[-1]
+
+    cell = journal_bench.Cell(backend, 1)
+    journal_bench.run_one(cell, journal_bench.Variant(backend, make), DEVICE_PAYLOAD_BYTES, seconds, 0, directory)
+    return {"backend": made[-1].name, "commits": len(cell.latencies_us),
+            "commit_ns": summarize(round(us * 1000) for us in cell.latencies_us)}
 
 
 def replay_run(directory: Path) -> dict:
