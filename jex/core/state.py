@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 
 from . import commands as C
-from .base import InstrumentState
+from .base import EngineBase, InstrumentState
 from .book import DONE, OPEN, ORDER_SLOTS, BookSide, Level, Order
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
 from .stops import export_stops, restore_stops
@@ -97,7 +97,7 @@ def export_state(engine: Any) -> list:
         )
     groups = [_export_group(engine.groups[g]) for g in sorted(engine.groups)]
     orders = [len(table), _export_columns(table, names)]
-    registry = _export_registry(engine.client_ids, table, position, names)
+    registry = _export_registry(engine, table, position, names)
     strings = list(names)
     return [STATE_VERSION, engine.next_id, engine.seq, engine.ts, strings, instruments, orders, groups, registry]
 
@@ -149,8 +149,7 @@ def _export_side(side: BookSide, position: dict[int, int]) -> list:
     return [len(prices), _pack_ints(prices), _pack_ints(counts), _pack_ints(queue)]
 
 
-def _export_registry(client_ids: dict[str, dict[str, int]], table: list[Order], position: dict[int, int],
-                     names: dict[str, int]) -> list:
+def _export_registry(engine: EngineBase, table: list[Order], position: dict[int, int], names: dict[str, int]) -> list:
     """The client-id registry: which table rows are registered under their own
     (account, client_id) -> order id (None: all of them, as the engine always
     has them), and the other entries as columns in id order. A live engine's
@@ -164,7 +163,7 @@ def _export_registry(client_ids: dict[str, dict[str, int]], table: list[Order], 
     derived = 0
     in_order = True
     last = -1
-    for account, registered_ids in client_ids.items():
+    for account, registered_ids in engine.client_ids.items():
         for client_id, order_id in registered_ids.items():
             p = position.get(order_id)
             if p is not None:
@@ -185,7 +184,7 @@ def _export_registry(client_ids: dict[str, dict[str, int]], table: list[Order], 
         ids = [ids[i] for i in permutation]
     registered: list[int] | None = None
     if derived != len(table):
-        registered = [p for p, o in enumerate(table) if client_ids.get(o.account, {}).get(o.client_id) == o.order_id]
+        registered = [p for p, o in enumerate(table) if engine.registered(o.account, o.client_id) == o.order_id]
     return [registered, _name_column(accounts, names), client_id_list, _pack_ints(ids)]
 
 
