@@ -22,7 +22,7 @@ import random
 import re
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from jex.core import Codec, CommandError, Engine, decode_command, encode_command
@@ -220,6 +220,62 @@ def test_hostile_commands_give_command_errors_only(value):
         results.append(outcome(CODEC, line))
         results.append(outcome(CODEC, line.decode("utf-8")))
     assert len({r[0] for r in results if r[0] != "known"}) <= 1, results
+
+
+def exact_outcome(decode, data) -> tuple:
+    """('ok', command, ts) or ('refused', str(error)): compared exactly."""
+    try:
+        command, ts = decode(data)
+    except CommandError as error:
+        return ("refused", str(error))
+    return ("ok", command, ts)
+
+
+ORDER_FLOW = ("order", "cancel", "replace")
+order_flow_commands = st.one_of(
+    mutated_commands().filter(lambda c: isinstance(c, dict) and c.get("type") in ORDER_FLOW),
+    st.builds(lambda kind, extra: {"type": kind, **extra}, st.sampled_from(ORDER_FLOW),
+              st.dictionaries(st.sampled_from(FIELD_NAMES), st.one_of(json_values, decimal_like), max_size=8)),
+    st.builds(lambda seed, key, value: {**seed, key: value},
+              st.sampled_from([c for kind in ORDER_FLOW for c in SEEDS[kind]]),
+              st.sampled_from(FIELD_NAMES + ["type", "ts"]),
+              st.one_of(st.sampled_from([None, True, False, 0, 1, -1, 2**63, 2**64, "", "x", "buy", "sell", "limit",
+                                         "market", "stop", "GTC", "GTD", "IOC", "FOK", "none", "decrement", "1", "1.5",
+                                         1.5, [], {}]), json_values)),
+)
+
+
+ORDER_SEED = SEEDS["order"][0]
+
+
+@fuzz_settings(600)
+@given(st.one_of(order_flow_commands, any_command.filter(lambda v: isinstance(v, dict))))
+# A type error and a bad ts together: the type error is reported (msgspec decodes before the codec checks).
+@example({**ORDER_SEED, "qty": True, "ts": -1})
+@example({"type": "cancel", "account": "a", "order_id": 1.5, "ts": -1})
+@example({"type": "replace", "account": "a", "order_id": 1, "price": None, "qty": None, "ts": 2**64})
+@example({**ORDER_SEED, "post_only": None})
+@example({**ORDER_SEED, "stp": None})
+@example({**ORDER_SEED, "tif": None, "kind": "market", "price": None})
+def test_dict_fast_path_agrees_exactly_with_the_msgspec_path(value):
+    """``Codec.command`` takes the order flow's dicts without msgspec
+    (``_from_dict``); whatever it takes must give exactly what the msgspec
+    path (``_via_wire``) gives: the same command and ts, or the same error."""
+    assume(not lenient_decimal(value))
+    assert exact_outcome(CODEC.command, value) == exact_outcome(CODEC._via_wire, value)
+
+
+def test_dict_fast_path_takes_the_real_order_flow():
+    """Every well-formed order, cancel and replace of the seed flow goes the
+    fast way (so the agreement test above is not vacuous)."""
+    taken = 0
+    for command in (c for kind in ORDER_FLOW for c in SEEDS[kind]):
+        expected = exact_outcome(CODEC._via_wire, command)
+        assert exact_outcome(CODEC.command, command) == expected
+        if expected[0] == "ok":
+            assert CODEC._from_dict(command) == expected[1:], command
+            taken += 1
+    assert taken >= 100, taken
 
 
 @fuzz_settings(300)

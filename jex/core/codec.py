@@ -19,7 +19,7 @@ Every refusal is a ``CommandError`` whose ``str()`` is one line,
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal, Optional, Union, cast, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -127,6 +127,25 @@ def _units(grid: Grid, value: Num, field: str, maximum: int, positive: bool = Tr
     return units
 
 
+def _num(value: object) -> bool:
+    """A ``Num`` (str | int) as msgspec.convert takes it unchanged (a bool is no int)."""
+    kind = type(value)
+    return kind is str or kind is int
+
+
+def _optional_num(value: object) -> bool:
+    return value is None or _num(value)
+
+
+def _optional_int(value: object) -> bool:
+    return value is None or type(value) is int
+
+
+_OptNum = Union[str, int, None]
+_OptStr = Optional[str]
+_OptInt = Optional[int]
+
+
 # Codec._order unpacks ``astuple(WOrder)`` in this order.
 WORDER_FIELDS: Final = (
     "account", "client_id", "symbol", "side", "kind", "qty", "price", "trigger", "trail_amount", "trail_percent",
@@ -180,6 +199,14 @@ class Codec:
         a CommandError like any bad input: ``data`` is typed Any so that a
         compiled codec leaves the check to decode_wire instead of raising
         its own TypeError at the call."""
+        if type(data) is dict:  # the Python API's and the HTTP edge's form
+            fast = self._from_dict(data)
+            if fast is not None:
+                return fast
+        return self._via_wire(data)
+
+    def _via_wire(self, data: Any) -> tuple[C.Command, int | None]:
+        """``command`` through msgspec's wire Structs (every input form)."""
         wire = _decode_wire(data)
         ts = wire.ts  # every wire command has an optional ts
         _check_ts(ts, "$.ts")
@@ -193,6 +220,63 @@ class Codec:
             return self._replace(wire), ts
         convert = getattr(self, "_" + kind.__name__[1:].lower())
         return convert(wire), ts
+
+    def _from_dict(self, d: dict) -> tuple[C.Command, int | None] | None:
+        """The order flow (order, cancel, replace) from a parsed dict without
+        building a wire Struct: msgspec.convert alone costs about as much as
+        the rest of decoding. One pass over the dict's items puts each value
+        in its field's slot; the fields then go to the same checks as on the
+        msgspec path, so the command is the same. Only a dict that msgspec
+        would accept unchanged is taken: known keys, every required key,
+        exact types (str; int, never bool; bool; None where optional), names
+        in their Literal sets. Anything else returns None and goes the
+        msgspec way, which also words the error."""
+        tag = d.get("type")
+        if tag == "order":
+            slots, fields = _ORDER_SLOTS, list(_ORDER_DEFAULTS)
+        elif tag == "cancel":
+            slots, fields = _CANCEL_SLOTS, list(_CANCEL_DEFAULTS)
+        elif tag == "replace":
+            slots, fields = _REPLACE_SLOTS, list(_REPLACE_DEFAULTS)
+        else:
+            return None
+        for key, value in d.items():
+            slot = slots.get(key, -1)
+            if slot < 0:
+                return None  # an unknown key (msgspec refuses it)
+            fields[slot] = value
+        account, ts = fields[0], fields[-2]  # the last slot is the tag's
+        if type(account) is not str or not _optional_int(ts):
+            return None
+        # Every type is checked before any value (_check_ts first), as on the msgspec path.
+        if tag == "order":
+            (_, client_id, symbol, side, kind, qty, price, trigger, trail_amount, trail_percent, activation, tif,
+             expire_at, post_only, stp, _, _) = fields
+            if not (type(client_id) is str and type(symbol) is str and type(post_only) is bool
+                    and type(side) is str and side in _SIDE_CODES and type(kind) is str and kind in _KIND_CODES
+                    and type(stp) is str and stp in _STP_CODES
+                    and (tif is None or (type(tif) is str and tif in _TIF_CODES))
+                    and _num(qty) and _optional_num(price) and _optional_num(trigger)
+                    and _optional_num(trail_amount) and _optional_num(trail_percent) and _optional_num(activation)
+                    and _optional_int(expire_at)):
+                return None
+            _check_ts(ts, "$.ts")
+            return self._order_fields(account, client_id, symbol, side, kind, cast(Num, qty), cast(_OptNum, price),
+                                      cast(_OptNum, trigger), cast(_OptNum, trail_amount),
+                                      cast(_OptNum, trail_percent), cast(_OptNum, activation), cast(_OptStr, tif),
+                                      cast(_OptInt, expire_at), post_only, stp, "$", _TOP_PATHS), ts
+        client_id, order_id = fields[1], fields[2]
+        if not ((client_id is None or type(client_id) is str) and _optional_int(order_id)):
+            return None
+        if tag == "cancel":
+            _check_ts(ts, "$.ts")
+            return self._cancel_fields(account, cast(_OptStr, client_id), cast(_OptInt, order_id)), ts
+        qty, price = fields[3], fields[4]
+        if not (_optional_num(qty) and _optional_num(price)):
+            return None
+        _check_ts(ts, "$.ts")
+        return self._replace_fields(account, cast(_OptStr, client_id), cast(_OptInt, order_id), cast(_OptNum, qty),
+                                    cast(_OptNum, price)), ts
 
     def _grids(self, symbol: str, field: str) -> tuple[Grid, Grid]:
         if not symbol or len(symbol) > _SYMBOL_MAX:
@@ -293,23 +377,30 @@ class Codec:
         return self._order_body(leg, account, leg.client_id or default_cid, symbol, at)
 
     def _cancel(self, w: WCancel) -> C.Cancel:
-        _check_id(w.account, "$.account")
-        _check_target(w.client_id, w.order_id)
-        return C.Cancel(w.account, w.client_id, w.order_id)
+        return self._cancel_fields(w.account, w.client_id, w.order_id)
+
+    def _cancel_fields(self, account: str, client_id: str | None, order_id: int | None) -> C.Cancel:
+        _check_id(account, "$.account")
+        _check_target(client_id, order_id)
+        return C.Cancel(account, client_id, order_id)
 
     def _replace(self, w: WReplace) -> C.Replace:
-        _check_id(w.account, "$.account")
-        _check_target(w.client_id, w.order_id)
-        if w.qty is None and w.price is None:
+        return self._replace_fields(w.account, w.client_id, w.order_id, w.qty, w.price)
+
+    def _replace_fields(self, account: str, client_id: str | None, order_id: int | None, qty_value: Num | None,
+                        price_value: Num | None) -> C.Replace:
+        _check_id(account, "$.account")
+        _check_target(client_id, order_id)
+        if qty_value is None and price_value is None:
             raise CommandError("$", "replace needs qty or price")
-        symbol = self._order_symbol(w.account, w.client_id, w.order_id) if self._order_symbol else None
+        symbol = self._order_symbol(account, client_id, order_id) if self._order_symbol else None
         if symbol is None:
             # The engine will answer unknown_order; there is no grid to convert on.
-            return C.Replace(w.account, w.client_id, w.order_id, None, None)
+            return C.Replace(account, client_id, order_id, None, None)
         tick, lot = self._grids(symbol, "$.symbol")
-        qty = None if w.qty is None else _units(lot, w.qty, "$.qty", QTY_LOTS_MAX)
-        price = None if w.price is None else _units(tick, w.price, "$.price", PRICE_TICKS_MAX)
-        return C.Replace(w.account, w.client_id, w.order_id, qty, price)
+        qty = None if qty_value is None else _units(lot, qty_value, "$.qty", QTY_LOTS_MAX)
+        price = None if price_value is None else _units(tick, price_value, "$.price", PRICE_TICKS_MAX)
+        return C.Replace(account, client_id, order_id, qty, price)
 
     def _oco(self, w: WOco) -> C.Oco:
         _check_id(w.account, "$.account")
@@ -415,6 +506,12 @@ class Codec:
         if encode is None:
             return self.event_generic(event)
         return encode(self.catalog, astuple(event))
+
+    def events(self, events: list) -> list[dict]:
+        """``event`` of each of one command's events, in order: the node's
+        hand-out calls this once per command (a native loop when compiled,
+        where a comprehension would build a function and a frame)."""
+        return [self.event(e) for e in events]
 
     def event_generic(self, event: E.Event) -> dict:
         """``event`` through the generic path: ``asdict``, then the price
@@ -592,6 +689,54 @@ _SIDE_CODES: Final = {name: code for code, name in enumerate(C.SIDE_NAMES)}
 _KIND_CODES: Final = {name: code for code, name in enumerate(C.KIND_NAMES)}
 _TIF_CODES: Final = {name: code for code, name in enumerate(C.TIF_NAMES)}
 _STP_CODES: Final = {name: code for code, name in enumerate(C.STP_NAMES)}
+# The names WOrder's Literal fields allow must be the codes' names (Codec._from_dict checks against the codes).
+# Codec._from_dict: per wire Struct, each key's slot (its field's position;
+# "type" gets a spare last slot) and the slots' values when the key is absent
+# (a required field's is _ABSENT, which no type check passes). The last field
+# of each Struct is ts.
+_ABSENT: Final = object()
+
+
+def _slots(struct: Any) -> dict[str, int]:
+    names = struct.__struct_fields__
+    assert names[0] == "account" and names[-1] == "ts" and "type" not in names, names
+    slots = {name: i for i, name in enumerate(names)}
+    slots["type"] = len(names)
+    return slots
+
+
+def _defaults(struct: Any) -> tuple:
+    fields = msgspec.structs.fields(struct)
+    return tuple(_ABSENT if f.required else f.default for f in fields) + (None,)
+
+
+_ORDER_SLOTS: Final = _slots(WOrder)
+_ORDER_DEFAULTS: Final = _defaults(WOrder)
+_CANCEL_SLOTS: Final = _slots(WCancel)
+_CANCEL_DEFAULTS: Final = _defaults(WCancel)
+_REPLACE_SLOTS: Final = _slots(WReplace)
+_REPLACE_DEFAULTS: Final = _defaults(WReplace)
+assert WCancel.__struct_fields__[:3] == WReplace.__struct_fields__[:3] == ("account", "client_id", "order_id")
+assert WReplace.__struct_fields__[3:5] == ("qty", "price")
+
+
+def _literal_names(annotation: Any) -> set:
+    """The strings of a Literal annotation, also inside a Union (``| None``)."""
+    if get_origin(annotation) is Literal:
+        return {name for name in get_args(annotation) if isinstance(name, str)}
+    names: set = set()
+    for option in get_args(annotation):
+        names |= _literal_names(option)
+    return names
+
+
+_WORDER_HINTS: Final = get_type_hints(WOrder)
+
+
+assert _literal_names(_WORDER_HINTS["side"]) == set(_SIDE_CODES)
+assert _literal_names(_WORDER_HINTS["kind"]) == set(_KIND_CODES)
+assert _literal_names(_WORDER_HINTS["tif"]) == set(_TIF_CODES)
+assert _literal_names(_WORDER_HINTS["stp"]) == set(_STP_CODES)
 _ORDER_PATH_FIELDS: Final = ("account", "client_id", "symbol", "qty", "price", "trigger", "trail_amount", "activation_price",
                       "trail_percent", "expire_at")
 # Positions in a _paths tuple (constant indexes: no dict lookup per field).
