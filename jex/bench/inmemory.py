@@ -201,15 +201,15 @@ def codec_run(workload: Workload) -> dict:
         for i in range(first):
             command, _ = codec.command(dicts[i])
             engine.apply(command, i + 1, stamps[i])
-        decode, apply, encode_event = codec.command, engine.apply, codec.event
+        decode, apply, encode_events = codec.command, engine.apply, codec.events
         produced = 0
         started = time.perf_counter()
         for i in range(first, len(dicts)):
             command, input_ts = decode(dicts[i])
             events = apply(command, i + 1, i + 1 if input_ts is None else input_ts)
-            produced += len([encode_event(e) for e in events])
+            produced += len(encode_events(events))
         seconds = time.perf_counter() - started
-        del engine, codec, decode, apply, encode_event
+        del engine, codec, decode, apply, encode_events
     timed = len(dicts) - first
     return {
         "commands": timed,

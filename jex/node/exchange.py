@@ -399,7 +399,7 @@ class Exchange:
         once defined, and ``_stage`` encodes everything undelivered before
         it applies a new instrument.
         """
-        event = self.codec.event
+        encode = self.codec.events
         if batch in self._undelivered:
             self._undelivered.remove(batch)
         base = index = batch.index
@@ -408,7 +408,7 @@ class Exchange:
             index -= 1
             try:
                 for index, events in enumerate(batch.items, base):
-                    out = [event(e) for e in events]
+                    out = encode(events)
                     if Trade in map(type, events):
                         self._keep_trades(index + delta, events)
                     yield Result(index, index + delta, out)
@@ -427,7 +427,7 @@ class Exchange:
                 if kind is _Encoded:
                     events, out = item.events, item.out
                 else:
-                    events, out = item, [event(e) for e in item]
+                    events, out = item, encode(item)
                 if Trade in map(type, events):
                     self._keep_trades(seq, events)
                 acknowledged += 1
@@ -439,13 +439,13 @@ class Exchange:
 
     def _encode_undelivered(self) -> None:
         """Encode the events of every applied, undelivered command now."""
-        event = self.codec.event
+        encode = self.codec.events
         for batch in self._undelivered:
             items = batch.items
             for i, item in enumerate(items):
                 kind = type(item)
                 if kind is not Result and kind is not _Encoded:
-                    items[i] = _Encoded(item, [event(e) for e in item])
+                    items[i] = _Encoded(item, encode(item))
                     batch.plain = False
 
     def _stage(self, source: Iterator, index: int, stop_on_error: bool = False, timed: bool = True,
