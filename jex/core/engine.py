@@ -434,7 +434,8 @@ class Engine(AuctionMixin):
             level.unlink(maker)
             if level.count == 0:
                 opp.remove_level(level)
-            if inst.top[maker.side] == maker.order_id:
+            top = inst.top[maker.side]
+            if top is not None and top == maker.order_id:  # narrowed: a native int compare when compiled
                 inst.top[maker.side] = None
             self._retire(maker)
         else:
@@ -555,7 +556,8 @@ class Engine(AuctionMixin):
         level.unlink(order)
         if level.count == 0:
             (inst.book.bids if order.side == BUY else inst.book.asks).remove_level(level)
-        if inst.top[order.side] == order.order_id:
+        top = inst.top[order.side]
+        if top is not None and top == order.order_id:  # narrowed: a native int compare when compiled
             inst.top[order.side] = None
 
     def _shrink(self, order: Order, qty: int) -> None:
