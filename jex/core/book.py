@@ -76,7 +76,7 @@ class Order:
 
     def __init__(
         self,
-        order_id: int,
+        order_id: Any,
         client_id: str,
         account: str,
         symbol: str,
@@ -90,7 +90,9 @@ class Order:
         stp: int = STP_NONE,
         entry_seq: int = 0,
     ) -> None:
-        self.order_id = order_id
+        # An int, held as the Python object: the index, the registry and every
+        # event share it (typed int, a compiled core would box it at each use).
+        self.order_id: Any = order_id
         self.client_id = client_id
         self.account = account
         self.symbol = symbol

@@ -248,13 +248,13 @@ class Engine(AuctionMixin):
          expire_at, post_only, stp) = fields
         order_id = self.next_id
         self.next_id = order_id + 1
+        # The id as one Python int object: the order, the index, the registry
+        # and the events share it (a compiled core would box it for each).
+        boxed_id: Any = order_id
         order = Order(
-            order_id, client_id, account, symbol, side, kind, price, qty, tif,
+            boxed_id, client_id, account, symbol, side, kind, price, qty, tif,
             expire_at if tif == GTD else None, post_only, stp, self.seq,
         )
-        # The id as one Python int object: the index, the registry and the
-        # event share it (a compiled core would box it once for each).
-        boxed_id: Any = order_id
         if kind in STOP_KINDS:
             order.trigger = trigger
             order.trail_amount = trail_amount
@@ -403,7 +403,9 @@ class Engine(AuctionMixin):
 
     def _fill(self, taker: Order, maker: Order, qty: int, inst: InstrumentState, opp: BookSide) -> None:
         """One trade of ``qty`` at the maker's price; the maker leaves the book when filled."""
-        price = maker.price
+        # The price as its Python int object: the trade event and the last
+        # price share it (narrowed to int, a compiled core would box it anew).
+        price: Any = maker.price
         level = maker.level
         assert price is not None and level is not None  # the maker rests on ``opp``
         if taker.side == BUY:
@@ -446,8 +448,9 @@ class Engine(AuctionMixin):
         if taker.group is not None:
             self._on_member_fill(taker, qty)
 
-    def _after_trade(self, inst: InstrumentState, price: int, qty: int, aggressor: int | None) -> None:
-        """Statistics, VPIN, stop triggers and conditionals after one trade."""
+    def _after_trade(self, inst: InstrumentState, price: Any, qty: int, aggressor: int | None) -> None:
+        """Statistics, VPIN, stop triggers and conditionals after one trade
+        (``price``: an int, passed as the object the trade event holds)."""
         inst.last = price
         inst.volume += qty
         inst.trades += 1
@@ -581,18 +584,19 @@ class Engine(AuctionMixin):
         self, account: str, client_id: str | None, order_id: int | None
     ) -> Order | OcoGroup | BracketGroup | ConditionalGroup | None:
         """The live order or group named by id or client id, if it belongs to ``account``."""
-        if order_id is None:
+        key: Any = order_id  # the id as its object (narrowed to int, a compiled core would box it per lookup)
+        if key is None:
             if client_id is None:
                 return None
             ids = self.client_ids.get(account)
             if ids is None:
                 return None
-            order_id = ids.get(client_id)
-            if order_id is None:
+            key = ids.get(client_id)
+            if key is None:
                 return None
-        target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(order_id)
+        target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(key)
         if target is None:
-            target = self.groups.get(order_id)
+            target = self.groups.get(key)
         if target is None or target.account != account:
             return None
         if client_id is not None and target.client_id != client_id:
