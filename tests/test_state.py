@@ -139,7 +139,17 @@ def test_registry_keeps_entries_the_table_does_not_say():
 
 
 def test_book_queues_are_rebuilt_in_time_priority():
+    """Both ways a queue is linked: levels whose time priority is id order
+    (linked in table order, state._link_rows) and levels where a replace
+    moved an order behind younger ones (linked by their queue)."""
     engine = _engine(5, 4000)
+    in_id_order = [
+        [o.order_id for o in level.orders()] == sorted(o.order_id for o in level.orders())
+        for inst in engine.instruments.values()
+        for side in (inst.book.bids, inst.book.asks)
+        for level in side.iter_levels()
+    ]
+    assert any(in_id_order) and not all(in_id_order)
     restored = _roundtrip(engine)
     restored.check_invariants()
     for symbol, inst in engine.instruments.items():
@@ -184,3 +194,73 @@ def test_registry_lists_every_entry_in_id_order_across_accounts():
     account, client_id, _ = rows[0]
     assert engine.registered(account, client_id + "-never") is None
     assert engine.registered("no-such-account", client_id) is None
+
+
+@pytest.mark.parametrize(
+    "column, n",
+    [
+        ([0, 1, b"\x01\xff", [], []], 2),  # a packed -1
+        ([0, 2, b"\x05\x00\x00\x80", [], []], 2),  # a packed -32768
+        ([0, 8, b"\0" * 7 + b"\x80", [], []], 1),  # the lowest 64-bit value
+        ([-1, 0, b"", [], []], 3),  # a constant -1
+        ([None, 0, b"", [], []], 2),  # a constant that is no int
+        ([0, 0, b"", [1], [-2]], 2),  # a listed -2
+        ([0, 1, b"\0\0", [0], ["0"]], 2),  # a listed value that is no int
+        ([0, 1, "\0\0", [], []], 2),  # not bytes
+    ],
+)
+def test_index_columns_refuse_anything_but_non_negative_ints(column, n):
+    """A negative index would count from the end of the string or order
+    table: the index columns refuse it (checked on the packed bytes)."""
+    with pytest.raises(ValueError):
+        state._index_list(column, n)
+    with pytest.raises(ValueError):
+        list(state._indexes(column, n))
+
+
+@pytest.mark.parametrize("values", [[], [0], [3] * 4, [0, 1, 127, 128, 255, 40000, 2**31 - 1, 2**40], [5, 0, 5]])
+def test_index_columns_read_back_what_was_packed(values):
+    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(state._pack_ints(values)))
+    assert state._index_list(packed, len(values)) == values
+    assert list(state._indexes(packed, len(values))) == values
+
+
+@pytest.mark.parametrize("field", ["account", "symbol"])
+def test_a_negative_string_index_in_the_order_table_is_refused(field):
+    engine = _engine(7, 2000)
+    exported = msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine)))
+    n, columns = exported[6]
+    column = state._ORDER_FIELDS.index(field)
+    indexes = state._unpack(columns[column], n)
+    indexes[n // 2] = -1  # would name the last string
+    columns[column] = state._pack_ints(indexes)
+    with pytest.raises(ValueError, match="negative index"):
+        restore_state(exported)
+
+
+def test_a_negative_position_in_a_book_queue_is_refused():
+    engine = _engine(8, 2000)
+    exported = msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine)))
+    side = next(inst[7][0] for inst in exported[5] if inst[7][0][0] >= 1)
+    queue = state._unpack(side[3], sum(state._unpack(side[2], side[0])))
+    queue[-1] = -1  # would name the table's last row
+    side[3] = state._pack_ints(queue)
+    with pytest.raises(ValueError, match="negative index"):
+        restore_state(exported)
+
+
+def test_restored_registry_dicts_behave_as_dicts():
+    """The registry's per-account dicts are built to keep their keys'
+    hashes (state._hash_keeping_dict): equal, and the same answers (their
+    order is the table's entries first, see export_state)."""
+    engine = _engine(9, 3000)
+    restored = _roundtrip(engine)
+    assert restored.client_ids == engine.client_ids
+    for account, ids in engine.client_ids.items():
+        twin = restored.client_ids[account]
+        assert type(twin) is dict and twin == ids
+        for client_id, order_id in list(ids.items())[::50]:
+            assert restored.registered(account, client_id) == order_id
+        assert restored.registered(account, "no-such-client-id") is None
+    restored.register("A-new", "c-new", 10**6)
+    assert restored.registered("A-new", "c-new") == 10**6

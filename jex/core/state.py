@@ -23,6 +23,15 @@ are columns of table positions; the client-id registry keeps only the
 entries the table does not already say (every order in the table is
 registered under its own account and client id).
 
+A restore of a million orders is bound by memory more than by
+instructions (fresh pages, cache misses), so it allocates nothing it does
+not keep where it can: constant columns are ``repeat``, packed ones are
+read through their ``array`` (``_values``); index columns are checked on
+their packed bytes (``_check_indexes``), not value by value; the book
+queues that are in table order are linked in one pass in table order, the
+order the objects were made in (``_restore_side``, ``_link_rows``); and the
+registry's dicts keep their keys' hashes (``_hash_keeping_dict``).
+
 Bump ``STATE_VERSION`` whenever the shape changes (2: the column table).
 """
 
@@ -31,7 +40,8 @@ from __future__ import annotations
 import heapq
 import sys
 from array import array
-from typing import Any
+from itertools import repeat
+from typing import Any, Iterable
 
 import msgspec
 
@@ -229,6 +239,18 @@ def _pack_flags(values: list) -> list:
     return [False, 0, b"", positions, [values[p] for p in positions]]
 
 
+def _packed(width: int, blob: bytes, n: int) -> array:
+    """The n little-endian signed integers of ``width`` bytes in ``blob``.
+    Raises ValueError (KeyError: no such width; TypeError: not bytes)."""
+    packed = array(_WIDTH_CODES[width])
+    packed.frombytes(blob)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    if len(packed) != n:
+        raise ValueError(f"packed column of {len(packed)} values, expected {n}")
+    return packed
+
+
 def _unpack(column: list, n: int) -> list:
     """The n values of a packed column (``_pack_ints``, ``_pack_flags``).
     Raises ValueError (or TypeError, IndexError) on a column that does not
@@ -238,13 +260,7 @@ def _unpack(column: list, n: int) -> list:
     if width == 0:
         out = [const] * n
     else:
-        packed = array(_WIDTH_CODES[width])
-        packed.frombytes(blob)
-        if _BIG_ENDIAN:
-            packed.byteswap()
-        if len(packed) != n:
-            raise ValueError(f"packed column of {len(packed)} values, expected {n}")
-        out = packed.tolist()
+        out = _packed(width, blob, n).tolist()
     if len(positions) != len(values):
         raise ValueError("column exceptions: positions and values differ in length")
     if positions:
@@ -253,6 +269,53 @@ def _unpack(column: list, n: int) -> list:
         for p, v in zip(positions, values):
             out[p] = v
     return out
+
+
+def _values(column: list, n: int) -> Iterable[Any]:
+    """The n values of a packed column, as ``_unpack`` gives them, but
+    without a list where none is needed: a constant column is ``repeat``
+    (nothing per row) and a packed one without exceptions its ``array``
+    (each value made when it is read, so no list of a million ints is
+    built and freed). For the columns a restore reads once, in row order."""
+    const, width, blob, positions, values = column
+    if positions or values:
+        return _unpack(column, n)
+    if width == 0:
+        return repeat(const, n)
+    return _packed(width, blob, n)
+
+
+def _indexes(column: list, n: int) -> Iterable[int]:
+    """``_values`` of a column of indexes (into the string table or the
+    order table), each checked to be a non-negative int (``_check_indexes``)."""
+    _check_indexes(column, n)
+    return _values(column, n)
+
+
+def _index_list(column: list, n: int) -> list[int]:
+    """``_unpack`` of a column of indexes, checked like ``_indexes``."""
+    _check_indexes(column, n)
+    return _unpack(column, n)
+
+
+def _check_indexes(column: list, n: int) -> None:
+    """Refuse a column of n indexes holding anything but non-negative ints:
+    a negative index would silently count from the end (one too large fails
+    where it is used, IndexError). A packed value is negative exactly when
+    the top byte of its little-endian encoding has the high bit set, so a
+    packed column is checked by one C pass over every width-th byte
+    (``isascii``) instead of a comparison per value. O(n) in C."""
+    if n == 0:
+        return
+    const, width, blob, positions, values = column
+    if width == 0:
+        if not positions and (type(const) is not int or const < 0):
+            raise ValueError(f"index column of constant {const!r}")
+    elif not isinstance(blob, bytes) or not blob[width - 1 :: width].isascii():
+        raise ValueError("negative index in a column")
+    for v in values:
+        if type(v) is not int or v < 0:
+            raise ValueError(f"index column holding {v!r}")
 
 
 def _is_constant(column: list, value: object) -> bool:
@@ -288,23 +351,34 @@ def restore_state(data: list, engine_class: Any = None) -> Any:
     n, columns = order_table
     if not isinstance(n, int) or n < 0 or len(columns) != len(_ORDER_FIELDS):
         raise ValueError("order table of the wrong shape")
+    # The book sides first (levels, and which level each table row joins),
+    # so that the queues are linked right after the orders are made.
+    level_of: list[Level | None] = [None] * n
+    later: list[tuple[Level, list[int]]] = []
+    states: list[InstrumentState] = []
+    for row in instruments:
+        inst = InstrumentState(_instrument_decoder.decode(row[0]))
+        bids, asks = row[7]
+        later += _restore_side(inst.book.bids, bids, level_of)
+        later += _restore_side(inst.book.asks, asks, level_of)
+        states.append(inst)
     table, ids, accounts, client_ids = _restore_orders(n, columns, strings)
-    orders: dict[int, Order] = dict(zip(ids, table))
+    _link_rows(table, level_of)
+    del level_of
+    for level, queue in later:
+        _link_queue(level, queue, table)
+    orders: dict[Any, Order] = {i: o for i, o in zip(ids, table)}  # Any keys: see _restore_orders
     live = orders
     if not _is_constant(columns[_ORDER_FIELDS.index("status")], OPEN):
         live = {i: o for i, o in orders.items() if o.status != DONE}
     engine.orders = live
-    for row in instruments:
-        config_bytes, last, volume, trades, in_call, call_market, top, book, stops, vpin = row
-        inst = InstrumentState(_instrument_decoder.decode(config_bytes))
+    for inst, row in zip(states, instruments):
+        _, last, volume, trades, in_call, call_market, top, _, stops, vpin = row
         inst.last, inst.volume, inst.trades, inst.in_call = last, volume, trades, in_call
         for side_index, market_ids in enumerate(call_market):
             for i in market_ids:
                 inst.call_market[side_index][i] = orders[i]
         inst.top = list(top)
-        bids, asks = book
-        _restore_side(inst.book.bids, bids, table)
-        _restore_side(inst.book.asks, asks, table)
         inst.stops = restore_stops(stops, orders)
         if vpin is not None and inst.vpin is not None:
             inst.vpin.load(vpin)
@@ -325,22 +399,20 @@ def restore_state(data: list, engine_class: Any = None) -> Any:
     return engine
 
 
-def _names(column: list, n: int, strings: list) -> list:
-    """A column of indexes into the string table, as the strings (shared objects)."""
-    if n == 0:
-        return []
-    if column[1] == 0 and not column[3]:
-        return [strings[column[0]]] * n
-    indexes = _unpack(column, n)
-    if indexes and min(indexes) < 0:
-        raise ValueError("negative string index")
+def _name_values(column: list, n: int, strings: list) -> Iterable[Any]:
+    """A column of indexes into the string table, as the strings (shared
+    objects); a constant column as ``repeat``, without a list."""
+    indexes = _indexes(column, n)
+    if n and type(indexes) is repeat:
+        return repeat(strings[column[0]], n)
     return [strings[i] for i in indexes]
 
 
-def _restore_orders(n: int, columns: list, strings: list) -> tuple[list[Order], list[int], list, list]:
+def _restore_orders(n: int, columns: list, strings: list) -> tuple[list[Order], list[Any], list[int], list]:
     """The orders of the column table, in table order, every field set; their
     links (queue, level, trailing group, group) are set by whoever holds them.
-    Also returns the id, account and client-id columns (for the indexes). The
+    Also returns the id, account (string indexes) and client-id columns (for
+    the indexes). The
     constructor's arguments are columns; the fields it derives or defaults
     are set only where a column differs from what it gave."""
     (order_id, client_id, account, symbol, side, kind, price, qty, filled, tif, expire_at, post_only, stp,
@@ -348,67 +420,75 @@ def _restore_orders(n: int, columns: list, strings: list) -> tuple[list[Order], 
      orig_qty, in_call) = columns  # fmt: skip
     if not isinstance(client_id, list) or len(client_id) != n:
         raise ValueError("client id column of the wrong length")
-    accounts = _names(account, n, strings)
-    ids: list[int] = _unpack(order_id, n)
+    account_indexes = _index_list(account, n)
+    accounts = [strings[i] for i in account_indexes]
+    ids: list[Any] = _unpack(order_id, n)  # Any: the int objects themselves, not unboxed and boxed again compiled
     table = [
         Order(i, c, a, sym, sd, k, p, q, t, e, po, st, es)
         for i, c, a, sym, sd, k, p, q, t, e, po, st, es in zip(
-            ids, client_id, accounts, _names(symbol, n, strings), _unpack(side, n),
-            _unpack(kind, n), _unpack(price, n), _unpack(qty, n), _unpack(tif, n), _unpack(expire_at, n),
-            _unpack(post_only, n), _unpack(stp, n), _unpack(entry_seq, n),
+            ids, client_id, accounts, _name_values(symbol, n, strings), _values(side, n),
+            _values(kind, n), _values(price, n), _values(qty, n), _values(tif, n), _values(expire_at, n),
+            _values(post_only, n), _values(stp, n), _values(entry_seq, n),
         )
     ]  # fmt: skip
     if not _is_constant(filled, 0):
-        for o, v in zip(table, _unpack(filled, n)):
+        for o, v in zip(table, _values(filled, n)):
             o.filled = v
     if not _is_constant(status, OPEN):
-        for o, v in zip(table, _unpack(status, n)):
+        for o, v in zip(table, _values(status, n)):
             o.status = v
     if priority_seq != entry_seq:  # equal columns pack to equal data
-        for o, v in zip(table, _unpack(priority_seq, n)):
+        for o, v in zip(table, _values(priority_seq, n)):
             o.priority_seq = v
     if not _is_constant(trigger, None):
-        for o, v in zip(table, _unpack(trigger, n)):
+        for o, v in zip(table, _values(trigger, n)):
             o.trigger = v
     if not _is_constant(trail_amount, None):
-        for o, v in zip(table, _unpack(trail_amount, n)):
+        for o, v in zip(table, _values(trail_amount, n)):
             o.trail_amount = v
     if not _is_constant(trail_percent_e6, None):
-        for o, v in zip(table, _unpack(trail_percent_e6, n)):
+        for o, v in zip(table, _values(trail_percent_e6, n)):
             o.trail_percent_e6 = v
     if not _is_constant(activation_price, None):
-        for o, v in zip(table, _unpack(activation_price, n)):
+        for o, v in zip(table, _values(activation_price, n)):
             o.activation_price = v
     if not _is_constant(extreme, None):
-        for o, v in zip(table, _unpack(extreme, n)):
+        for o, v in zip(table, _values(extreme, n)):
             o.extreme = v
     if orig_qty != qty:
-        for o, v in zip(table, _unpack(orig_qty, n)):
+        for o, v in zip(table, _values(orig_qty, n)):
             o.orig_qty = v
     if not _is_constant(in_call, False):
-        for o, v in zip(table, _unpack(in_call, n)):
+        for o, v in zip(table, _values(in_call, n)):
             o.in_call = v
-    return table, ids, accounts, client_id
+    return table, ids, account_indexes, client_id
 
 
-def _restore_side(side: BookSide, data: list, table: list[Order]) -> None:
-    """Rebuild a book side from ``_export_side`` output: levels best first,
-    each queue linked through its orders (Level.append spelled out), the
-    sorted keys and the best level set at once. Raises ValueError on prices
-    out of order, empty levels or an order queued twice."""
+def _restore_side(side: BookSide, data: list, level_of: list[Level | None]) -> list[tuple[Level, list[int]]]:
+    """Rebuild a book side from ``_export_side`` output, all but the queue
+    links: its levels best first (price and order count), the sorted keys
+    and the best level. A level whose queue lists table rows in ascending
+    order (time priority is id order: the usual case) is marked in
+    ``level_of``, one entry per table row, and ``_link_rows`` links it in
+    table order once the orders exist: each order is then linked right
+    after the one before it in memory, instead of visiting a million orders
+    in queue order, one cache miss each. The other levels are returned with
+    their queues for ``_link_queue``. Raises ValueError on prices out of
+    order, empty levels, or a row queued twice (in two marked levels; one
+    in a returned level is caught by ``_link_queue``)."""
     n, price_column, count_column, queue_column = data
-    if not 0 <= n <= len(table):  # a level holds at least one order of the table
-        raise ValueError(f"{n} book levels for {len(table)} orders")
+    rows = len(level_of)
+    if not 0 <= n <= rows:  # a level holds at least one order of the table
+        raise ValueError(f"{n} book levels for {rows} orders")
     prices: list[int] = _unpack(price_column, n)
     counts: list[int] = _unpack(count_column, n)
     queued = sum(counts)
-    if not 0 <= queued <= len(table):
-        raise ValueError(f"{queued} queued orders for {len(table)} orders")
-    queue: list[int] = _unpack(queue_column, queued)
-    if queue and min(queue) < 0:
-        raise ValueError("negative order position in a book queue")
+    if not 0 <= queued <= rows:
+        raise ValueError(f"{queued} queued orders for {rows} orders")
+    queue = _index_list(queue_column, queued)
     levels: dict[int, Level] = {}
     keys: list[int] = []
+    later: list[tuple[Level, list[int]]] = []
     is_bid = side.is_bid
     start = 0
     for price, count in zip(prices, counts):
@@ -419,68 +499,126 @@ def _restore_side(side: BookSide, data: list, table: list[Order]) -> None:
             raise ValueError(f"book level {price} out of order")
         keys.append(key)
         level = Level(price)
-        levels[price] = level
-        prev: Order | None = None
-        qty = 0
-        for p in queue[start : start + count]:
-            order = table[p]
-            if order.level is not None:
-                raise ValueError(f"order {order.order_id} queued twice")
-            order.level = level
-            order.prev = prev
-            if prev is None:
-                level.head = order
-            else:
-                prev.next = order
-            prev = order
-            qty += order.qty
-        start += count
-        level.tail = prev
-        level.qty = qty
         level.count = count
+        levels[price] = level
+        end = start + count
+        last = -1
+        for k in range(start, end):
+            p = queue[k]
+            if p <= last:  # not in table order: undo this level's marks, link it by its queue
+                for undo in range(start, k):
+                    level_of[queue[undo]] = None
+                later.append((level, queue[start:end]))
+                break
+            if level_of[p] is not None:
+                raise ValueError(f"table row {p} queued twice")
+            level_of[p] = level
+            last = p
+        start = end
     keys.reverse()
     side.levels = levels
     side.keys = keys
     side.best = levels[prices[0]] if prices else None
+    return later
 
 
-def _restore_registry(data: list, strings: list, accounts: list, client_ids: list,
-                      ids: list[int]) -> dict[str, dict[str, int]]:
+def _link_rows(table: list[Order], level_of: list[Level | None]) -> None:
+    """Append each order of a level ``_restore_side`` marked to its level's
+    queue (Level.append spelled out; ``count`` is already set), in table
+    order. O(rows), visiting the orders in the order they were made."""
+    for order, level in zip(table, level_of):
+        if level is not None:
+            tail = level.tail
+            order.prev = tail
+            if tail is None:
+                level.head = order
+            else:
+                tail.next = order
+            level.tail = order
+            order.level = level
+            level.qty += order.qty
+
+
+def _link_queue(level: Level, queue: list[int], table: list[Order]) -> None:
+    """Link a level's queue (table rows in time priority) through its orders.
+    Raises ValueError on an order already on a level."""
+    prev: Order | None = None
+    qty = 0
+    for p in queue:
+        order = table[p]
+        if order.level is not None:
+            raise ValueError(f"order {order.order_id} queued twice")
+        order.level = level
+        order.prev = prev
+        if prev is None:
+            level.head = order
+        else:
+            prev.next = order
+        prev = order
+        qty += order.qty
+    level.tail = prev
+    level.qty = qty
+
+
+def _restore_registry(data: list, strings: list, accounts: list[int], client_ids: list,
+                      ids: list) -> dict[str, dict[str, int]]:
     """The client-id registry (account -> client_id -> id): the table rows
     registered under their own (account, client_id), then the other entries
-    in their exported order."""
+    in their exported order. ``accounts`` are the table's account column as
+    indexes into ``strings``."""
     registered, extra_accounts, extra_client_ids, extra_ids = data
     registry: dict[str, dict[str, int]] = {}
+    by_index: list[dict[str, int] | None] = [None] * len(strings)
     if registered is None:
-        _register_all(registry, accounts, client_ids, ids)
+        _register_all(registry, by_index, strings, accounts, client_ids, ids)
     else:
         if registered and min(registered) < 0:
             raise ValueError("negative registered position")
-        _register_all(registry, [accounts[p] for p in registered], [client_ids[p] for p in registered],
-                      [ids[p] for p in registered])
+        _register_all(registry, by_index, strings, [accounts[p] for p in registered],
+                      [client_ids[p] for p in registered], [ids[p] for p in registered])
     m = len(extra_client_ids)
-    _register_all(registry, _names(extra_accounts, m, strings), extra_client_ids, _unpack(extra_ids, m))
+    _register_all(registry, by_index, strings, _index_list(extra_accounts, m), extra_client_ids,
+                  _unpack(extra_ids, m))
     return registry
 
 
-def _register_all(registry: dict[str, dict[str, int]], accounts: list, client_ids: list, ids: list) -> None:
-    """Enter the (accounts[i], client_ids[i]) -> ids[i] entries. O(n); runs
-    of one account reuse its dict. An indexed loop, not a zip: compiled, it
-    builds no tuple per entry."""
+def _register_all(registry: dict[str, dict[str, int]], by_index: list[dict[str, int] | None], strings: list,
+                  accounts: list[int], client_ids: list, ids: list) -> None:
+    """Enter the (strings[accounts[i]], client_ids[i]) -> ids[i] entries.
+    O(n). Each account's dict is found by its string index (``by_index``,
+    one per entry of ``strings``), not by hashing the account per entry. An
+    indexed loop, not a zip: compiled, it builds no tuple per entry."""
     n = len(client_ids)
     if len(accounts) != n or len(ids) != n:
         raise ValueError(f"registry columns of {len(accounts)}, {n} and {len(ids)} entries")
-    account: object = None
-    entries: dict[str, int] = {}
     for p in range(n):
-        a = accounts[p]
-        if a is not account:
-            account = a
-            found = registry.get(a)
-            if found is None:
-                found = registry[a] = {}
-            entries = found
+        index = accounts[p]
+        entries = by_index[index]
+        if entries is None:
+            account = strings[index]
+            entries = registry.get(account)
+            if entries is None:
+                entries = registry[account] = _hash_keeping_dict()
+            by_index[index] = entries
         entries[client_ids[p]] = ids[p]
+
+
+def _hash_keeping_dict() -> dict[str, int]:
+    """An empty dict for string keys that keeps each key's hash beside it.
+
+    CPython lays out a dict whose keys have only ever been ``str`` without
+    the hashes (the strings cache their own), so every probe that lands on
+    another key while inserting, and every entry moved when the dict
+    grows, reads that key's string object: at a million fresh client ids,
+    spread over the heap, that is a cache miss each time, most of the
+    registry's restore. A dict that has held a non-string key keeps the
+    general layout, hashes in its entries, for good, so inserts and growth
+    touch only the dict's own arrays (measured ~1/3 faster at 1 M entries,
+    for ~40% more bytes per entry). Lookups, equality and iteration order
+    are a dict's like any other: only speed depends on this."""
+    entries: dict[Any, int] = {0: 0}
+    del entries[0]
+    return entries
 
 
 def _restore_group(row: list, orders: dict[int, Order]) -> OcoGroup | BracketGroup | ConditionalGroup:

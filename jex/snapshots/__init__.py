@@ -11,6 +11,8 @@ header; otherwise the previous snapshot, then genesis, is used.
                load, listing, deletion
     fork.py    background snapshots in a forked (copy-on-write) child
     heap.py    huge-page compaction of the heap so that fork pauses less
+    gcpolicy.py  a recovered node's long-lived heap kept out of the cyclic
+               GC's full collections (gc.freeze), and what that may keep
     legacy.py  bodies of earlier state versions (version 1), still read
 
 Selection against the log, recovery, retention and WAL pruning live in

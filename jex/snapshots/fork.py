@@ -22,7 +22,9 @@ It reports a small JSON result through a pipe and leaves with os._exit
 In the parent, gc.freeze() before fork moves every existing object out of
 the collector's reach while the child lives, so the parent's own
 collections do not copy pages the child still shares; gc.unfreeze() after
-reaping hands them back. Both are O(1) list splices.
+reaping hands them back. Both are O(1) list splices. Where a recovered
+node keeps its long-lived heap frozen for good (gcpolicy.py), reaping
+leaves them frozen: unfreezing is all or nothing and would undo that.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
+
+from jex.snapshots import gcpolicy
 
 RESULT_BYTES_MAX = 16 * 1024  # The child's JSON result; well below a pipe's 64 KiB buffer.
 PR_SET_PDEATHSIG = 1
@@ -162,8 +166,9 @@ class BackgroundJob:
 
     def _thaw(self) -> None:
         if self._froze:
-            gc.unfreeze()
             self._froze = False
+            if not gcpolicy.long_lived():  # else everything frozen stays so (gcpolicy.py)
+                gc.unfreeze()
 
 
 def _child_main(job: Callable[[], dict], write_end: int, parent: int) -> None:

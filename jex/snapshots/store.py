@@ -45,7 +45,7 @@ import xxhash
 
 from jex import killpoints
 from jex.core.state import STATE_VERSION, export_state, restore_state
-from jex.snapshots import legacy
+from jex.snapshots import gcpolicy, legacy
 from jex.snapshots.format import (
     HEADER_BYTES,
     TMP_SUFFIX,
@@ -175,8 +175,11 @@ def _keep_as_old() -> None:
     traverse every one of them, generation by generation (measured ~0.9 s
     for the first alone at a million orders). Skipped where something else
     has frozen objects (a caller's gc.freeze(), e.g. a node whose snapshot
-    child is running): unfreeze would thaw those too."""
-    if gc.get_freeze_count() == 0:
+    child is running, or whose recovered heap gcpolicy.py keeps frozen):
+    unfreeze would thaw those too. The oldest generation is not the end of
+    it: the first full collection still traverses it, which a node avoids
+    by freezing for good once recovered (gcpolicy.freeze_long_lived)."""
+    if not gcpolicy.long_lived() and gc.get_freeze_count() == 0:  # the count walks the frozen list: ask first
         gc.freeze()
         gc.unfreeze()
 
