@@ -38,6 +38,7 @@ from typing import Iterator
 
 import jex.native as native
 from jex.core import Codec, Engine
+from jex.snapshots import gcpolicy
 
 from .hist import summarize, summarize_with_curve
 from .workloads import Workload
@@ -47,13 +48,15 @@ OVERALL = "all"  # the per-kind latency key of all timed commands together
 
 @contextmanager
 def frozen_heap() -> Iterator[None]:
-    """Collect, then keep everything allocated so far out of GC scans."""
+    """Collect, then keep everything allocated so far out of GC scans (a
+    recovered node's frozen heap stays frozen: snapshots/gcpolicy.py)."""
     gc.collect()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not gcpolicy.long_lived():
+            gc.unfreeze()
 
 
 def _setup_engine(workload: Workload) -> Engine:

@@ -66,6 +66,7 @@ from jex.replay.recover import JournalView, Start, recover, recovery_anchor, ret
 from jex.snapshots import snapshot_dir
 from jex.snapshots import store as snapshot_store
 from jex.snapshots.fork import BackgroundJob, ChildOutcome
+from jex.snapshots import gcpolicy
 from jex.snapshots.heap import HugepageCompactor
 
 DEFAULT_DATA_DIR = ".jex"
@@ -269,6 +270,9 @@ class Exchange:
         self.recovered_from = recovered.start
         self.recovery_notices = recovered.notices
         self._snapshot_seq = recovered.start.seq
+        # The recovered state lives as long as the node: keep the collector's
+        # full collections off it (snapshots/gcpolicy.py; below 100 k objects, nothing).
+        gcpolicy.freeze_long_lived(self.engine)
         if self._compactor is not None:
             self._compactor.start()
 
@@ -285,6 +289,7 @@ class Exchange:
                 self.journal.close()
             finally:
                 self._lock.release()
+                gcpolicy.release_long_lived()  # a frozen engine dropped later would never be freed
 
     def __enter__(self) -> Exchange:
         return self
