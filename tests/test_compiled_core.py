@@ -163,16 +163,21 @@ def test_market_rule_tables_oracle_and_codec_fuzz_pass_on_the_compiled_core(comp
 
 # The read path (journal.record compiled): a log of several segments, clean
 # and damaged in every way the scanner tells apart; per case the scan's
-# verdict and problem, rebuild()'s digest and stats (or its error), and
-# every record a two-pass read yields (or its error). Paths are printed
-# relative to the scratch directory.
+# verdict and problem, rebuild()'s digest and stats (or its error), every
+# record a two-pass read yields (or its error), and a recovery from a
+# snapshot taken a third of the way in (the snapshot's record taken first,
+# then the tail walked fused; or its error). Paths are printed relative to
+# the scratch directory.
 _READ_PATH = """
     import shutil, sys, tempfile, xxhash
     from pathlib import Path
     from jex.journal import damage
+    from jex.journal.limits import RECORD_HEADER_BYTES
     from jex.journal.record import RecordType
     from jex.journal.scan import read_records, scan
     from jex.replay.rebuild import rebuild
+    from jex.replay.recover import recover, wal_view
+    from jex.snapshots import snapshot_dir, store
     import jex.native as n
     assert n.kind(n.JOURNAL) == sys.argv[1], n.kind(n.JOURNAL)
     root = Path(tempfile.mkdtemp())
@@ -180,6 +185,10 @@ _READ_PATH = """
     records = damage.locate_all(base / "wal")
     mid, last = records[len(records) // 2], records[-1]
     sealed = next(r for r in records if r.type == RecordType.SEAL)
+    snap_at = next(r for r in records[len(records) // 3 :] if r.type == RecordType.COMMAND and r.payload_len > 8)
+    (snap_record,) = read_records(base / "wal", snap_at.seq, to_seq=snap_at.seq)
+    snap_engine, _ = rebuild(base, to_seq=snap_at.seq)
+    store.take(root / "snapshots", snap_engine, seq=snap_at.seq, chain=snap_record.chain, ts_ns=snap_record.ts_ns)
     cases = {
         "clean": lambda wal: None,
         "payload_bit": lambda wal: damage.flip_bit(wal / mid.path.name, mid.offset + 100),
@@ -192,6 +201,10 @@ _READ_PATH = """
         "seal_bit": lambda wal: damage.flip_bit(wal / sealed.path.name, sealed.offset + 20),
         "duplicate": lambda wal: damage.write_at(wal / mid.path.name, mid.offset + mid.length,
                                                  damage.read_at(wal / mid.path.name, mid.offset, mid.length)),
+        "snapshot_record_bit": lambda wal: damage.flip_bit(wal / snap_at.path.name,
+                                                           snap_at.offset + RECORD_HEADER_BYTES + 3),
+        "after_snapshot_bit": lambda wal: damage.flip_bit(wal / snap_at.path.name,
+                                                          snap_at.offset + snap_at.length + RECORD_HEADER_BYTES),
     }
     def show(value):
         return str(value).replace(str(root), "<root>")
@@ -214,6 +227,14 @@ _READ_PATH = """
             print("  read", h.hexdigest())
         except Exception as error:
             print("  read", type(error).__name__, show(error))
+        shutil.copytree(root / "snapshots", snapshot_dir(data))
+        try:
+            got = recover(wal_view(data / "wal"), snapshot_dir(data), hash_events=True)
+            s = got.stats
+            print("  recover", got.start.name, got.engine.digest(), s.records, s.commands, s.events, s.last_seq,
+                  s.last_ts, sorted(s.kinds.items()), s.events_digest, show(got.notices))
+        except Exception as error:
+            print("  recover", type(error).__name__, show(error))
     shutil.rmtree(root)
 """
 
@@ -232,7 +253,8 @@ def test_compiled_and_pure_read_paths_give_identical_records_verdicts_and_errors
     assert pure.returncode == 0, pure.stderr[-3000:]
     assert compiled.returncode == 0, compiled.stderr[-3000:]
     lines = pure.stdout.splitlines()
-    assert len(lines) == 30 and "CORRUPT" in pure.stdout and "TORN" in pure.stdout, pure.stdout
+    assert len(lines) == 48 and "CORRUPT" in pure.stdout and "TORN" in pure.stdout, pure.stdout
+    assert pure.stdout.count("recover snapshot") >= 4, pure.stdout
     assert compiled.stdout == pure.stdout
 
 

@@ -248,6 +248,11 @@ class FaultStorage(Storage):
             self._enter("pread", self._path_of(fd))
             return super().pread(fd, length, offset)
 
+    def pread_into(self, fd: int, buffer: bytearray | memoryview, offset: int) -> int:
+        with self._mutex:
+            self._enter("pread", self._path_of(fd))
+            return super().pread_into(fd, buffer, offset)
+
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         with self._mutex:
             rule = self._enter("pwrite", self._path_of(fd))

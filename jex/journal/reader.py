@@ -24,17 +24,19 @@ recovery rules need (scan.py decides how far):
                     found by searching for its chain value instead of
                     walking the records before it
 
-Reads go through Storage.pread, so the fault-injecting storage sees them.
+Reads go through Storage.pread and Storage.pread_into, so the fault-injecting
+storage sees them.
 Nothing here writes.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from jex.journal.errors import RecordError
 from jex.journal.limits import (
@@ -154,13 +156,22 @@ class SegmentCursor:
             # A stop at the bound is at a whole, verified record: the chunks end there.
             cursor.apply_commands(sink, from_seq, to_seq_walk)
 
+    def verify(self) -> None:
+        """Walk to the end (as iterating does: the same checks, the same stop,
+        the same state left behind) keeping nothing: the fused walk with a
+        sink that takes no record, so no Record is built per record (about a
+        third fewer instructions than draining the iterator, compiled)."""
+        self.apply_commands(keep_nothing())
+
     def _chunk_cursors(self) -> Iterator[RecordCursor]:
         """One RecordCursor per chunk; each is walked to its end (by chain)
         before the next chunk is read. The cursor's state is taken over
         after its walk, so it is complete once iteration ends (an abandoned
         iteration leaves it at the last finished chunk)."""
         want = READ_CHUNK_MIN_BYTES
-        while self.offset < self.size_bytes:
+        # A walk that ended at a SEAL is over: resumed (scan.SegmentRecords
+        # walks up to a seq, then on), it reads nothing more.
+        while self.offset < self.size_bytes and not self.sealed:
             base = self.offset
             chunk = self._storage.pread(self._fd, min(want, self.size_bytes - base), base)
             self.chunk, self.chunk_offset = chunk, base
@@ -194,6 +205,15 @@ class SegmentCursor:
         if error is None:
             return None
         return RecordError(error.reason, error.offset + self.chunk_offset, error.detail)
+
+
+def keep_nothing() -> CommandSink:
+    """A sink that takes no record: its to_seq is below every seq."""
+    return CommandSink(_refuse, _refuse, to_seq=0, after=None, decode_errors=(), undecodable=_refuse)
+
+
+def _refuse(*args: object) -> NoReturn:
+    raise AssertionError("a walk that keeps nothing hands no record over")
 
 
 def segment_cursor(
@@ -260,23 +280,29 @@ def scan_beyond(
     O(end - start) at memory speed: an all-zero chunk costs one memcmp and
     cannot hold the (non-zero) nonce, so only non-zero chunks are searched,
     by bytes.find on the nonce. Chunks overlap by one header so that a
-    header cut by a chunk boundary is found too. Measured ~9 ms for the
-    zeros of an empty 64 MiB segment (from the page cache).
+    header cut by a chunk boundary is found too. Every chunk is read into
+    one reused buffer (Storage.pread_into); only a non-zero one is copied
+    out to be searched. Every byte is still read: free space is known to be
+    free only by looking at it. Measured 12-15 ms for the zeros of an empty
+    64 MiB segment from the page cache, ~3 ms less than with a new bytes
+    object per chunk; the copy out of the page cache is most of it.
     """
     assert start % 8 == 0 and chunk_bytes > RECORD_HEADER_BYTES
     nonzero_end, found = start, None
+    buffer = memoryview(bytearray(min(chunk_bytes, end - start) + RECORD_HEADER_BYTES))
     lo = start
     while lo < end:
         read_from = max(start, lo - RECORD_HEADER_BYTES)  # overlap: a header cut at `lo`
-        chunk = storage.pread(fd, min(chunk_bytes, end - lo) + (lo - read_from), read_from)
-        if not chunk:
+        n = storage.pread_into(fd, buffer[: min(chunk_bytes, end - lo) + (lo - read_from)], read_from)
+        if not n:
             break
-        if not is_zero(chunk):
+        if not is_zero(buffer[:n]):
+            chunk = bytes(buffer[:n])
             nonzero_end = max(nonzero_end, read_from + last_nonzero(chunk))
             if found is None:
                 at = find_validating_header(chunk, 0, len(chunk) - RECORD_HEADER_BYTES + 1, nonce)
                 found = None if at is None else read_from + at
-        lo = read_from + len(chunk)
+        lo = read_from + n
     return Beyond(nonzero_end, found)
 
 
@@ -286,13 +312,14 @@ def zero_after(storage: Storage, path: Path, start: int) -> bool:
     try:
         size = storage.size(fd)
         offset = start
+        buffer = memoryview(bytearray(min(READ_CHUNK_BYTES, max(0, size - start))))
         while offset < size:
-            chunk = storage.pread(fd, min(READ_CHUNK_BYTES, size - offset), offset)
-            if not chunk:
+            n = storage.pread_into(fd, buffer[: min(READ_CHUNK_BYTES, size - offset)], offset)
+            if not n:
                 return True
-            if not is_zero(chunk):
+            if not is_zero(buffer[:n]):
                 return False
-            offset += len(chunk)
+            offset += n
         return True
     finally:
         storage.close(fd)
@@ -342,3 +369,24 @@ def find_anchor(storage: Storage, fd: int, size_bytes: int, nonce: int, anchor: 
         # The next chunk starts one header back: a header cut at the edge is searched whole.
         lo += max(len(chunk) - RECORD_HEADER_BYTES, RECORD_ALIGN_BYTES)
     return None
+
+
+def _warm_up_the_fused_walk() -> None:
+    """Run the fused walk a few times over nothing, at import.
+
+    CPython 3.11 specializes ("quickens") a function's bytecode only after
+    it has been entered 8 times; a backward jump does not count. The fused
+    walk (RecordCursor.apply_commands, in pure Python) is entered once per
+    chunk, so a walk of a few MiB ran entirely unspecialized: generic
+    integer adds and compares, ~15% more instructions than iterating the
+    records (measured with callgrind on 29k records: 15.9k instructions a
+    record cold, 12.7k warmed, 14.9k iterating). Compiled, or from 3.12 on,
+    this changes nothing. O(1)."""
+    if sys.version_info >= (3, 12):
+        return
+    for _ in range(_QUICKENING_ENTRIES):
+        RecordCursor(b"", 0, 0, nonce=0, seq=1, parent=bytes(CHECKSUM_BYTES), ts_ns=0).apply_commands(keep_nothing())
+
+
+_QUICKENING_ENTRIES = 8  # CPython 3.11's QUICKENING_WARMUP_DELAY
+_warm_up_the_fused_walk()

@@ -89,6 +89,22 @@ _KIND_BY_TYPE_VERSION_MAGIC = {
 _BATCH_ENDS_BY_TYPE_VERSION_MAGIC = frozenset(
     tvm for tvm in _KIND_BY_TYPE_VERSION_MAGIC if (tvm >> 8) & 0xFF == 1 or tvm & FLAG_BATCH_END
 )
+# The walks' form of the same two lookups: one tuple indexed by tvm -
+# _TVM_BASE (every readable combination lies in [_TVM_BASE, _TVM_BASE +
+# len)), holding the record type, plus _CODE_BATCH_END if it ends a batch;
+# 0 for every other combination. Compiled, indexing a tuple with a native
+# int costs a few instructions where a dict or set lookup boxes the key and
+# hashes it (~650 instructions a record for the two).
+_TVM_BASE: Final = MAGIC << 16
+_CODE_BATCH_END: Final = 0x100
+_CODE_KIND_MASK: Final = 0xFF
+_CODES_BY_TVM: Final = tuple(
+    _KIND_BY_TYPE_VERSION_MAGIC.get(tvm, 0)
+    | (_CODE_BATCH_END if tvm in _BATCH_ENDS_BY_TYPE_VERSION_MAGIC else 0)
+    for tvm in range(_TVM_BASE, _TVM_BASE + ((max(VERSIONS_READABLE) + 1) << 8))
+)
+assert all(kind <= _CODE_KIND_MASK for kind in RECORD_TYPES)
+assert all(_TVM_BASE <= tvm < _TVM_BASE + len(_CODES_BY_TVM) for tvm in _KIND_BY_TYPE_VERSION_MAGIC)
 
 # The whole header, and the 64 bytes the header checksum covers (16..79).
 HEADER = struct.Struct("<16s16s16sQQQIBBH")
@@ -431,7 +447,11 @@ class RecordCursor:
         batch_offset, batch_seq = self.batch_offset, self.batch_seq
         batch_parent, batch_ts = self.batch_parent, self.batch_ts_ns
         unpack, digest, new, make = _HEADER_TVM.unpack_from, _digest, tuple.__new__, Record
-        kinds, batch_ends, pads = _KIND_BY_TYPE_VERSION_MAGIC, _BATCH_ENDS_BY_TYPE_VERSION_MAGIC, _PADS
+        codes, pads = _CODES_BY_TVM, _PADS
+        codes_len: int = len(codes)
+        tvm_base: int = _TVM_BASE
+        kind_mask: int = _CODE_KIND_MASK
+        batch_end: int = _CODE_BATCH_END
         payload_max: int = PAYLOAD_BYTES_MAX
         seal: int = _SEAL
         header_bytes: int = RECORD_HEADER_BYTES
@@ -449,7 +469,9 @@ class RecordCursor:
                 body_at = offset + header_bytes
                 pad = -n & 7
                 stop = body_at + n + pad
-                kind = kinds.get(tvm, 0)  # 0: bad magic, unknown version or type
+                at: int = tvm - tvm_base
+                code: int = codes[at] if 0 <= at < codes_len else 0
+                kind = code & kind_mask  # 0: bad magic, unknown version or type
                 if (
                     kind == 0 or nn != nonce or s != seq or par != parent
                     or n > payload_max or stop > end or (kind == seal and n != 0)
@@ -464,7 +486,7 @@ class RecordCursor:
                 seq += 1
                 parent = hc
                 ts_last = ts
-                if tvm in batch_ends:
+                if code & batch_end:
                     batch_offset, batch_seq, batch_parent, batch_ts = stop, seq, hc, ts
                 if kind == seal:
                     self.sealed = True
@@ -494,16 +516,25 @@ class RecordCursor:
         batch_offset, batch_seq = self.batch_offset, self.batch_seq
         batch_parent, batch_ts = self.batch_parent, self.batch_ts_ns
         unpack, digest = _HEADER_TVM.unpack_from, _digest
-        kinds, batch_ends, pads = _KIND_BY_TYPE_VERSION_MAGIC, _BATCH_ENDS_BY_TYPE_VERSION_MAGIC, _PADS
+        codes, pads = _CODES_BY_TVM, _PADS
+        codes_len: int = len(codes)
+        tvm_base: int = _TVM_BASE
+        kind_mask: int = _CODE_KIND_MASK
+        batch_end: int = _CODE_BATCH_END
         payload_max: int = PAYLOAD_BYTES_MAX
         seal: int = _SEAL
         command_kind: int = _COMMAND
         header_bytes: int = RECORD_HEADER_BYTES
         decode, apply, after, counts = sink.decode, sink.apply, sink.after, sink.counts
         decode_errors = sink.decode_errors
+        # The bounds are tested only where they bound anything: the
+        # "no limit" value lies above every u64, so it is a boxed int, and
+        # comparing with it costs ~250 instructions a record compiled.
         to_seq: int = sink.to_seq
+        to_seq_bounded: bool = to_seq < _SEQ_NO_LIMIT
         walk_from: int = from_seq
         walk_to: int = to_seq_walk
+        walk_bounded: bool = to_seq_walk < _SEQ_NO_LIMIT
         done = sink.done
         commands = others = events = 0
         last_seq, last_ts = sink.last_seq, sink.last_ts
@@ -521,7 +552,9 @@ class RecordCursor:
                 body_at = offset + header_bytes
                 pad = -n & 7
                 stop = body_at + n + pad
-                kind = kinds.get(tvm, 0)  # 0: bad magic, unknown version or type
+                at: int = tvm - tvm_base
+                code: int = codes[at] if 0 <= at < codes_len else 0
+                kind = code & kind_mask  # 0: bad magic, unknown version or type
                 if (
                     kind == 0 or nn != nonce or s != seq or par != parent
                     or n > payload_max or stop > end or (kind == seal and n != 0)
@@ -531,10 +564,10 @@ class RecordCursor:
                 payload = data[body_at : body_at + n]
                 if digest(payload) != bc or (pad != 0 and data[body_at + n : stop] != pads[pad]):
                     break
-                if s > walk_to:
+                if walk_bounded and s > walk_to:
                     break
                 if not done and s >= walk_from:
-                    if s > to_seq:
+                    if to_seq_bounded and s > to_seq:
                         done = True
                     elif kind != command_kind:
                         last_seq, last_ts = s, ts
@@ -557,7 +590,7 @@ class RecordCursor:
                 seq += 1
                 parent = hc
                 ts_last = ts
-                if tvm in batch_ends:
+                if code & batch_end:
                     batch_offset, batch_seq, batch_parent, batch_ts = stop, seq, hc, ts
                 if kind == seal:
                     self.sealed = True

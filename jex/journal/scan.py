@@ -97,8 +97,7 @@ decide(), DECISION_TABLE, Report. No function here writes anything.
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -116,6 +115,7 @@ from jex.journal.reader import (
     Beyond,
     SegmentCursor,
     find_anchor,
+    keep_nothing,
     last_nonzero,
     read_tail,
     scan_beyond,
@@ -629,7 +629,7 @@ def _walk_segment(
     size = storage.size(fd)
     cursor = segment_cursor(storage, fd, size, header, anchored, ts_ns=ts_ns)
     if consume is None:
-        deque(cursor, maxlen=0)  # Verify only: consume without keeping anything.
+        cursor.verify()
     else:
         consume(cursor)
     error = cursor.stop_error()
@@ -848,6 +848,8 @@ def read_records(
     never looks at the tail, which a live writer may be changing.
     O(record bytes read) either way; the zeros of preallocated segments are
     not read, except once by the verifying scan (the last segment's).
+    The verifying scan runs at the call; the records are read lazily, as a
+    SegmentRecords (a replay walks them fused).
     """
     storage = storage or OsStorage()
     wal_dir = Path(wal_dir)
@@ -856,7 +858,7 @@ def read_records(
         if report.decision is Decision.CORRUPT:
             raise corrupt_error(report)
         to_seq = report.last_seq
-    yield from iter_segment_records(storage, wal_dir, from_seq, to_seq)
+    return iter_segment_records(storage, wal_dir, from_seq, to_seq)
 
 
 def iter_segment_records(
@@ -893,99 +895,172 @@ class SegmentRecords:
     a replay that has not iterated it, one fused walk that hands them to a
     CommandSink (record.RecordCursor.apply_commands: no Record or generator
     step per record). Both run the same segment-level checks and raise the
-    same JournalCorrupt."""
+    same JournalCorrupt.
+
+    The walk is resumable: `take_first()` verifies record from_seq and
+    stops right after it (a snapshot's record, whose chain value recovery
+    checks before it loads the snapshot), and a fused walk or an iteration
+    continues from there. The segment being walked stays open between the
+    two; `close()` (or dropping the object) closes it.
+    """
 
     def __init__(self, storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, anchor: bytes | None) -> None:
-        self._records = _records(storage, wal_dir, from_seq, to_seq, anchor, None)
-        self._walk = (storage, wal_dir, from_seq, to_seq, anchor)
-        self._started = False
+        self._storage, self._wal_dir = storage, wal_dir
+        self._from_seq, self._to_seq, self._anchor = from_seq, to_seq, anchor
+        self._files: list[SegmentFile] | None = None  # listed at the first read: nothing is read before
+        self._index = 0  # the next segment to open
+        self._seq = from_seq  # the seq the walk expects next
+        self._before: tuple[bytes, bool] | None = None  # (chain value, sealed) where the last segment ended
+        self._fd: int | None = None  # the segment being walked, its file and cursor
+        self._file: SegmentFile | None = None
+        self._cursor: SegmentCursor | None = None
+        self._records: Generator[Record, None, None] | None = None  # the iteration, once begun
 
     def __iter__(self) -> SegmentRecords:
         return self
 
     def __next__(self) -> Record:
-        self._started = True
+        if self._records is None:
+            self._records = self._iterate()
         return next(self._records)
 
     def close(self) -> None:
-        self._records.close()
+        if self._records is not None:
+            self._records.close()
+        self._release()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            self._release()
 
     @property
     def fusable(self) -> bool:
         """True until iteration begins: apply_commands may still walk everything."""
-        return not self._started
+        return self._records is None
+
+    def take_first(self) -> bytes | None:
+        """Verify record from_seq (and, walking from a segment's start, the
+        records before it) and stop right after it, handing nothing over:
+        its chain value, or None if this read holds no such record (to_seq
+        < from_seq, or the log starts after it). A missing or damaged
+        record raises JournalCorrupt, as iterating does. The rest stays
+        fusable. Only as the first read."""
+        assert self._records is None and self._files is None, "take_first is the first read"
+        first = self._from_seq
+        if self._current() is None or self._seq > first:
+            self._release()
+            return None  # Nothing up to to_seq, or the log starts after `first`.
+        self._walk(keep_nothing(), first + 1, first)  # The walk stops right after `first`.
+        cursor = self._cursor
+        assert cursor is not None and cursor.seq == first + 1
+        return cursor.parent
 
     def apply_commands(self, sink: CommandSink) -> None:
-        """Walk every record from_seq..to_seq into `sink`, verifying as
-        iterating does. Only before iteration has begun (`fusable`)."""
-        assert not self._started, "the records are being iterated"
-        self._started = True
-        self._records.close()
-        deque(_records(*self._walk, sink), maxlen=0)
-
-
-def _records(
-    storage: Storage, wal_dir: Path, from_seq: int, to_seq: int, anchor: bytes | None, sink: CommandSink | None
-) -> Iterator[Record]:
-    """iter_segment_records' walk: yields the records, or (with a sink)
-    hands them to it and yields nothing."""
-    files = list_segments(storage, wal_dir).segments
-    start = max((i for i, f in enumerate(files) if f.first_seq <= from_seq), default=0)
-    seq = files[start].first_seq if files else from_seq
-    chain: tuple[bytes, bool] | None = None  # (chain value, sealed) where the segment before ended
-    for index, file in enumerate(files[start:]):
-        if seq > to_seq:
-            return
-        fd = storage.open(file.path)
+        """Walk every record from_seq..to_seq (not yet walked) into `sink`,
+        verifying as iterating does. Only before iteration has begun (`fusable`)."""
+        assert self._records is None, "the records are being iterated"
         try:
-            at = anchor if index == 0 else None
-            seq, chain = yield from _segment_records(storage, fd, file, seq, from_seq, to_seq, chain, at, sink)
+            self._walk(sink, self._from_seq, self._to_seq)
         finally:
-            storage.close(fd)
-    if seq <= to_seq:
-        raise JournalCorrupt(wal_dir, 0, seq, "record_missing", f"records up to {to_seq} were expected")
+            self._release()
 
+    def _walk(self, sink: CommandSink, hand_from: int, walk_to: int) -> None:
+        """The fused walk up to record walk_to (the cursor left just after
+        it, its segment open), handing the records >= hand_from to `sink`."""
+        while True:
+            cursor = self._current()
+            if cursor is None:
+                return
+            cursor.apply_commands(sink, hand_from, walk_to)
+            if cursor.seq > walk_to:  # Everything wanted was walked (stopped at the bound, or the segment ended).
+                self._seq = cursor.seq
+                return
+            self._end_segment(cursor)
 
-def _segment_records(
-    storage: Storage,
-    fd: int,
-    file: SegmentFile,
-    seq: int,
-    from_seq: int,
-    to_seq: int,
-    before: tuple[bytes, bool] | None,
-    anchor: bytes | None,
-    sink: CommandSink | None,
-) -> Iterator[Record]:
-    """One segment's part of iter_segment_records; returns the next seq
-    (past to_seq when done) and how the segment ended (chain value, sealed)."""
-    try:
-        header = SegmentHeader.decode(storage.pread(fd, SEGMENT_HEADER_BYTES, 0), name=file.path.name)
-    except SegmentHeaderError as error:
-        raise JournalCorrupt(file.path, 0, seq, "bad_segment_header", error.reason) from None
-    if header.first_seq != seq:
-        raise JournalCorrupt(file.path, 0, seq, "record_missing", f"segment starts at {header.first_seq}")
-    if before is not None and (header.prev_chain != before[0] or not (before[1] or header.flags & FLAG_PREV_UNSEALED)):
-        raise JournalCorrupt(
-            file.path, 0, seq, "broken_segment_chain", "the header does not continue the previous segment's chain"
+    def _iterate(self) -> Generator[Record, None, None]:
+        try:
+            while True:
+                cursor = self._current()
+                if cursor is None:
+                    return
+                for record in cursor:
+                    if record.seq > self._to_seq:
+                        return
+                    if record.seq >= self._from_seq:
+                        yield record
+                self._end_segment(cursor)
+        finally:
+            self._release()
+
+    def _current(self) -> SegmentCursor | None:
+        """The cursor of the segment being walked, or of the next one (its
+        header checked against where the last one ended); None when
+        everything up to to_seq was walked. Raises JournalCorrupt."""
+        if self._seq > self._to_seq:
+            self._release()
+            return None
+        if self._cursor is not None:
+            return self._cursor
+        if self._files is None:
+            self._files = list_segments(self._storage, self._wal_dir).segments
+            files, from_seq = self._files, self._from_seq
+            self._index = max((i for i, f in enumerate(files) if f.first_seq <= from_seq), default=0)
+            self._seq = files[self._index].first_seq if files else from_seq
+            if self._seq > self._to_seq:
+                return None
+        files = self._files
+        if self._index >= len(files):
+            raise JournalCorrupt(self._wal_dir, 0, self._seq, "record_missing",
+                                 f"records up to {self._to_seq} were expected")  # fmt: skip
+        anchor, self._anchor = self._anchor, None  # Only the first segment opened holds from_seq.
+        file = files[self._index]
+        self._index += 1
+        fd = self._storage.open(file.path)
+        try:
+            self._cursor = self._open_segment(fd, file, anchor)
+        except BaseException:
+            self._storage.close(fd)
+            raise
+        self._fd, self._file = fd, file
+        return self._cursor
+
+    def _open_segment(self, fd: int, file: SegmentFile, anchor: bytes | None) -> SegmentCursor:
+        """The cursor of one segment, after checking that its header
+        continues where the segment before it ended."""
+        storage, seq = self._storage, self._seq
+        try:
+            header = SegmentHeader.decode(storage.pread(fd, SEGMENT_HEADER_BYTES, 0), name=file.path.name)
+        except SegmentHeaderError as error:
+            raise JournalCorrupt(file.path, 0, seq, "bad_segment_header", error.reason) from None
+        if header.first_seq != seq:
+            raise JournalCorrupt(file.path, 0, seq, "record_missing", f"segment starts at {header.first_seq}")
+        before = self._before  # (chain value, sealed) where the segment before ended
+        continues = before is None or (
+            header.prev_chain == before[0] and bool(before[1] or header.flags & FLAG_PREV_UNSEALED)
         )
-    size = storage.size(fd)
-    found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, Anchor(from_seq, anchor))
-    cursor = segment_cursor(storage, fd, size, header, found)
-    if sink is not None:
-        cursor.apply_commands(sink, from_seq, to_seq)
-        if cursor.seq > to_seq:  # Everything wanted was walked (stopped at the bound, or the segment ended).
-            return cursor.seq, None
-    else:
-        for record in cursor:
-            if record.seq > to_seq:
-                return record.seq, None
-            if record.seq >= from_seq:
-                yield record
-    error = cursor.stop_error()
-    if cursor.seq <= to_seq and error is not None:
-        raise JournalCorrupt(file.path, cursor.offset, cursor.seq, "record_unreadable", str(error))
-    return cursor.seq, (cursor.parent, cursor.sealed)
+        if not continues:
+            raise JournalCorrupt(
+                file.path, 0, seq, "broken_segment_chain", "the header does not continue the previous segment's chain"
+            )
+        size = storage.size(fd)
+        found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, Anchor(self._from_seq, anchor))
+        return segment_cursor(storage, fd, size, header, found)
+
+    def _end_segment(self, cursor: SegmentCursor) -> None:
+        """The segment's records ended before to_seq: why (damage raises), and on to the next."""
+        file = self._file
+        assert file is not None
+        error = cursor.stop_error()
+        if cursor.seq <= self._to_seq and error is not None:
+            raise JournalCorrupt(file.path, cursor.offset, cursor.seq, "record_unreadable", str(error))
+        self._seq, self._before = cursor.seq, (cursor.parent, cursor.sealed)
+        self._release()
+
+    def _release(self) -> None:
+        """Close the segment being walked, if any."""
+        fd, self._fd, self._cursor = self._fd, None, None
+        if fd is not None:
+            self._storage.close(fd)
 
 
 def corrupt_error(report: Report) -> JournalCorrupt:

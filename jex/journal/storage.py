@@ -7,8 +7,9 @@ over the same real files but remembers what has been synced and can
 simulate power loss, EIO, ENOSPC, short writes and bit flips (TigerBeetle's
 storage/fault-injecting-storage split).
 
-Primitives (what a twin overrides): open, close, size, pread, pwrite,
-allocate, fdatasync, fsync_dir, rename, unlink, listdir, mkdir, exists.
+Primitives (what a twin overrides): open, close, size, pread, pread_into,
+pwrite, allocate, fdatasync, fsync_dir, rename, unlink, listdir, mkdir,
+exists.
 Helpers built on them (shared by every twin): pwrite_all, zero_fill,
 read_all.
 
@@ -62,6 +63,20 @@ class Storage:
             length -= len(chunk)
             offset += len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def pread_into(self, fd: int, buffer: bytearray | memoryview, offset: int) -> int:
+        """Read up to len(buffer) bytes into `buffer` (fewer only at the end of
+        the file); returns the count. For reads that only look at the bytes
+        and let them go (the scanner's pass over a segment's zeros): one
+        buffer reused for every chunk, instead of a new bytes object each."""
+        view = memoryview(buffer)
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if not n:
+                break
+            done += n
+        return done
 
     def pwrite(self, fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         """One write at an explicit offset; may be short (returns the count)."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -50,7 +49,7 @@ from jex.core import Engine
 from jex.journal import JournalCorrupt, Record
 from jex.journal.limits import SEGMENT_HEADER_BYTES
 from jex.journal.reader import Anchor, SegmentCursor, find_anchor, segment_cursor
-from jex.journal.scan import Decision, corrupt_error, iter_segment_records, scan
+from jex.journal.scan import Decision, SegmentRecords, corrupt_error, iter_segment_records, scan
 from jex.journal.segment import SegmentHeader, list_segments
 from jex.journal.errors import SegmentHeaderError
 from jex.journal.storage import OsStorage, Storage
@@ -133,18 +132,22 @@ def read_from(
     verifying (checksums, nonce, seq, chain). Asking for records before the
     log's first seq raises JournalCorrupt (record_missing). `anchor`: the
     chain value of record from_seq, if known (LogView).
+
+    The end of the log is found at once (log_end); the records are read
+    lazily, as a scan.SegmentRecords that a replay walks fused.
     """
     storage = storage or OsStorage()
     wal_dir = Path(wal_dir)
     files = list_segments(storage, wal_dir).segments
     if not files:
-        return
+        return iter(())
     if from_seq < files[0].first_seq:
         raise JournalCorrupt(files[0].path, 0, from_seq, "record_missing", f"the log starts at seq {files[0].first_seq} (pruned)")
     end = log_end(wal_dir, storage=storage, anchor=None if anchor is None else Anchor(from_seq, anchor))
     last = end if to_seq is None else min(to_seq, end)
-    if from_seq <= last:
-        yield from iter_segment_records(storage, wal_dir, from_seq, last, anchor=anchor)
+    if from_seq > last:
+        return iter(())
+    return iter_segment_records(storage, wal_dir, from_seq, last, anchor=anchor)
 
 
 def log_end(wal_dir: Path, *, storage: Storage | None = None, anchor: Anchor | None = None) -> int:
@@ -188,7 +191,7 @@ def _walk_end(storage: Storage, file, anchor: Anchor | None = None) -> tuple[Seg
         size = storage.size(fd)
         found = None if anchor is None else find_anchor(storage, fd, size, header.nonce, anchor)
         cursor = segment_cursor(storage, fd, size, header, found if found is not None and found[1].batch_end else None)
-        deque(cursor, maxlen=0)
+        cursor.verify()
         if cursor.stop_error() is not None or cursor.batch_offset < cursor.offset:
             return None
         return cursor, header
@@ -254,16 +257,28 @@ class Recovered:
 def check_against_log(log: LogView, header: SnapshotHeader, path: Path, to_seq: int | None = None) -> Iterator[Record]:
     """Checks 2 and 3: the log holds record `seq` with the header's chain
     value. Returns the iterator over the records after it (up to to_seq),
-    so the tail is read in the same pass. Raises SnapshotError."""
+    so the tail is read in the same pass: a journal read
+    (scan.SegmentRecords) takes that record without handing it over
+    (take_first) and stays fusable, so the replay walks the tail in its
+    fused loop. Raises SnapshotError."""
     if header.seq < log.first_seq:
         raise SnapshotError("not_in_log", path, f"seq {header.seq} is before the log's first seq {log.first_seq}")
     records = log.records(header.seq, to_seq, anchor=header.chain)
-    first = next(records, None)
-    if first is None or first.seq != header.seq:
+    chain = _first_chain(records, header.seq)
+    if chain is None:
         raise SnapshotError("not_in_log", path, f"the log ends before seq {header.seq}")
-    if first.chain != header.chain:
-        raise SnapshotError("chain_mismatch", path, f"log chain {first.chain.hex()} at seq {header.seq}, snapshot {header.chain.hex()}")
+    if chain != header.chain:
+        raise SnapshotError("chain_mismatch", path, f"log chain {chain.hex()} at seq {header.seq}, snapshot {header.chain.hex()}")
     return records
+
+
+def _first_chain(records: Iterator[Record], seq: int) -> bytes | None:
+    """The chain value of record `seq`, taken from the front of `records`
+    (None if they do not start with it)."""
+    if isinstance(records, SegmentRecords):
+        return records.take_first()
+    first = next(records, None)
+    return None if first is None or first.seq != seq else first.chain
 
 
 def open_start(

@@ -13,8 +13,9 @@ import pytest
 from jex.journal import damage
 from jex.journal.errors import JournalCorrupt
 from jex.journal.limits import MIB, READ_CHUNK_MIN_BYTES, SEGMENT_HEADER_BYTES, TAIL_READ_BYTES
-from jex.journal.reader import SegmentCursor, last_nonzero, scan_beyond
-from jex.journal.record import RecordCursor
+from jex.journal.faultfs import FaultStorage, PowerCut
+from jex.journal.reader import Beyond, SegmentCursor, last_nonzero, scan_beyond
+from jex.journal.record import RecordCursor, header_validates
 from jex.journal.scan import Decision, read_records, verify
 from jex.journal.storage import OsStorage
 from jex.journal.writer import Journal
@@ -60,7 +61,9 @@ def whole_file_walk(path: Path) -> tuple[list, RecordCursor]:
     return list(cursor), cursor
 
 
-def chunked_walk(path: Path) -> tuple[list, SegmentCursor]:
+def chunked_walk(path: Path, *, verify_only: bool = False) -> tuple[list, SegmentCursor]:
+    """The chunked walk's records and where it stopped; with verify_only,
+    SegmentCursor.verify() (the scanner's walk: no records kept)."""
     storage = OsStorage()
     header = damage.read_header(path)
     fd = storage.open(path)
@@ -68,9 +71,20 @@ def chunked_walk(path: Path) -> tuple[list, SegmentCursor]:
         cursor = SegmentCursor(
             storage, fd, storage.size(fd), nonce=header.nonce, seq=header.first_seq, parent=header.prev_chain, ts_ns=0
         )
+        if verify_only:
+            cursor.verify()
+            return [], cursor
         return list(cursor), cursor
     finally:
         storage.close(fd)
+
+
+def stop_state(cursor) -> tuple:
+    error = cursor.stop_error()
+    return (
+        cursor.offset, cursor.seq, cursor.parent, cursor.ts_ns, cursor.sealed, cursor.count, cursor.batch_offset,
+        cursor.batch_seq, cursor.batch_parent, cursor.batch_ts_ns, error and (error.reason, error.offset),
+    )  # fmt: skip
 
 
 def test_chunked_walk_equals_the_whole_file_walk(log):
@@ -106,6 +120,23 @@ def test_chunked_walk_stops_where_and_why_the_whole_file_walk_does(log):
             error, expected_error = chunked.stop_error(), whole.stop_error()
             assert chunked.offset == whole.offset
             assert (error.reason, error.offset) == (expected_error.reason, expected_error.offset)
+            assert stop_state(chunked_walk(path, verify_only=True)[1]) == stop_state(chunked)
+
+
+def test_a_verifying_walk_stops_where_iterating_stops_at_every_cut(log):
+    """SegmentCursor.verify (what the scanner and log_end walk with) leaves
+    the cursor exactly as draining its records does: the log cut at every
+    byte of its last records, and a SEAL-free clean end."""
+    (path,) = damage.segment_paths(log / "wal")
+    records = damage.locate_records(path)
+    pristine = path.read_bytes()
+    assert stop_state(chunked_walk(path, verify_only=True)[1]) == stop_state(chunked_walk(path)[1])
+    records_end = records[-1].offset + records[-1].length  # zeros after it
+    for victim in records[-2:]:
+        for cut in range(0, min(victim.length, 200)):
+            damage.write_at(path, victim.offset, pristine[victim.offset : records_end])
+            damage.zero_range(path, victim.offset + cut, records_end - victim.offset - cut)
+            assert stop_state(chunked_walk(path, verify_only=True)[1]) == stop_state(chunked_walk(path)[1]), cut
 
 
 def test_records_hidden_beyond_the_tail_window_are_found(log):
@@ -140,6 +171,11 @@ class CountingStorage(OsStorage):
         data = super().pread(fd, length, offset)
         self.read_bytes += len(data)
         return data
+
+    def pread_into(self, fd: int, buffer: bytearray | memoryview, offset: int) -> int:
+        n = super().pread_into(fd, buffer, offset)
+        self.read_bytes += n
+        return n
 
 
 def test_reading_records_costs_their_bytes_not_the_segment_size(tmp_path):
@@ -186,6 +222,71 @@ def test_scan_beyond_finds_a_header_cut_by_a_chunk_boundary(tmp_path):
         finally:
             storage.close(fd)
         assert found.valid_header == at and found.nonzero_end == at + len(record.rstrip(b"\0")), at
+
+
+def naive_beyond(data: bytes, start: int, end: int, nonce: int) -> Beyond:
+    """scan_beyond's answer, the slow way: every byte, every 8-aligned offset."""
+    nonzero_end = start + len(data[start:end].rstrip(b"\0"))
+    valid = [at for at in range(start, end, 8) if header_validates(data[:end], at, nonce)]
+    return Beyond(nonzero_end, valid[0] if valid else None)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_scan_beyond_agrees_with_reading_every_byte(tmp_path, seed):
+    """One buffer is reused for every chunk (Storage.pread_into): nothing of
+    an earlier chunk may leak into a later, shorter one, and a header or a
+    non-zero byte is found wherever the chunk boundaries fall."""
+    rng = random.Random(seed)
+    nonce = 0x1111_2222_3333_4444
+    chunk = rng.choice([128, 256, 4096])
+    data = bytearray(rng.randint(2, 12) * chunk + rng.choice([0, 8, 40, 96]))
+    for _ in range(rng.randint(0, 3)):  # garbage
+        at = rng.randrange(len(data))
+        length = min(rng.randint(1, 50), len(data) - at)
+        data[at : at + length] = rng.randbytes(length)
+    if rng.random() < 0.7:  # a record that validates, anywhere aligned
+        record = damage.forge_record(5, 1, b"abc", parent=bytes(16), nonce=nonce)
+        at = rng.randrange(0, len(data) - len(record), 8)
+        data[at : at + len(record)] = record
+    path = tmp_path / "f"
+    path.write_bytes(bytes(data))
+    storage = OsStorage()
+    fd = storage.open(path)
+    try:
+        for _ in range(10):
+            start = rng.randrange(0, len(data), 8)
+            end = rng.randint(start, len(data))
+            got = scan_beyond(storage, fd, start, end, nonce, chunk_bytes=chunk)
+            assert got == naive_beyond(bytes(data), start, end, nonce), (start, end, chunk)
+    finally:
+        storage.close(fd)
+
+
+@pytest.mark.parametrize("make_storage", [lambda root: OsStorage(), lambda root: FaultStorage(root)])
+def test_pread_into_reads_what_pread_reads(tmp_path, make_storage):
+    path = tmp_path / "f"
+    data = random.Random(3).randbytes(10_000)
+    path.write_bytes(data)
+    storage = make_storage(tmp_path)
+    fd = storage.open(path)
+    try:
+        for offset, length in ((0, 10_000), (1, 100), (9_990, 100), (10_000, 8), (20_000, 8), (0, 0)):
+            buffer = bytearray(b"\xee" * length)
+            n = storage.pread_into(fd, buffer, offset)
+            assert bytes(buffer[:n]) == storage.pread(fd, length, offset) == data[offset : offset + length]
+            assert buffer[n:] == b"\xee" * (length - n)  # fewer bytes only at the end of the file
+    finally:
+        storage.close(fd)
+
+
+def test_pread_into_goes_through_the_fault_model(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(bytes(100))
+    storage = FaultStorage(tmp_path)
+    fd = storage.open(path)
+    storage.cut_power_after(0)
+    with pytest.raises(PowerCut):
+        storage.pread_into(fd, bytearray(10), 0)
 
 
 @pytest.mark.parametrize("length", [0, 1, 8, 65_535, 65_536, 65_537, 3 * 65_536 + 5])

@@ -377,3 +377,34 @@ def test_fused_walk_reports_an_undecodable_payload_with_its_seq_and_stops_there(
     assert "undecodable seq 2" in str(caught.value)
     assert [seq for seq, _, _ in applied] == [1]
     assert (cursor.seq, sink.last_seq, sink.commands) == (2, 2, 1)
+
+
+def test_walks_accept_exactly_the_type_version_and_magic_that_decode_header_accepts():
+    """The walks look the type byte, version and magic up in one table
+    (record._CODES_BY_TVM); decode_header checks them one by one. Every
+    type byte under versions 0..3 and three magics: a walk takes the record
+    exactly when decode_header does, with its type and its batch end."""
+    from jex.journal.record import MAGIC, decode_header
+
+    for magic in (MAGIC, MAGIC ^ 0x100, 0):
+        for version in range(4):
+            for raw_type in range(256):
+                data = forge_record(1, 7, b"", parent=ZERO_CHAIN, nonce=NONCE, version=version, magic=magic,
+                                    raw_type=raw_type) + bytes(RECORD_HEADER_BYTES)  # fmt: skip
+                try:
+                    header = decode_header(data, 0)
+                except RecordError:
+                    header = None
+                iterated = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+                records = list(iterated)
+                fused = RecordCursor(data, 0, len(data), nonce=NONCE, seq=1, parent=ZERO_CHAIN, ts_ns=0)
+                sink, _ = _sink()
+                fused.apply_commands(sink)
+                case = (magic, version, raw_type)
+                if header is None:
+                    assert records == [] and fused.seq == 1 and fused.stop_error() is not None, case
+                    continue
+                assert [r.type for r in records] == [header.type] and fused.seq == 2, case
+                for cursor in (iterated, fused):
+                    assert (cursor.batch_offset == RECORD_HEADER_BYTES) == header.batch_end, case
+                    assert cursor.sealed == (header.type == RecordType.SEAL), case
