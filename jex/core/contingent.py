@@ -440,8 +440,20 @@ class ContingentMixin(EngineBase):
         self._maybe_close(group)
 
     def _maybe_close(self, group) -> None:
+        """Drop ``group`` once every member is done, and unlink its members
+        from it: the group keeps its members (the caller may still read them)
+        but nothing points back, so the closed group and its done members are
+        freed by reference counting alone, not left as a cycle that only the
+        collector could free (never, once frozen: snapshots/gcpolicy.py).
+        Only live members' links are read for what they decide, and those are
+        untouched: a group closes when its last member is done. ``_fill`` and
+        the uncross read a member's ``group`` again after retiring it; when
+        that closed the group they skip ``_on_member_fill``, which would have
+        found no live member to end, reduce, grow or release."""
         if group.group_id in self.groups and not any(_live(o) for o in group.members()):
             del self.groups[group.group_id]
+            for order in group.members():
+                order.group = None
 
     def _unwatch(self, group: ConditionalGroup) -> None:
         for symbol in group.symbols:

@@ -30,26 +30,31 @@ is all or nothing, so while the policy holds it keeps them frozen instead
 What can leak. A frozen object is still freed by reference counting the
 moment its last reference goes; only what the cyclic collector alone can
 free is kept: frozen objects that later become garbage *in a cycle*. The
-engine's state forms cycles in two places, checked in jex/core:
+engine's live state forms cycles, and jex/core breaks each of them when
+its part is done, so that nothing the engine drops while it runs is cyclic
+garbage (tests/test_core_cycles.py holds it to that):
 
 * a resting order and its level and queue neighbours (``prev``/``next``,
   ``level``, ``Level.head``/``tail``): ``Level.unlink`` clears the order's
   links whenever an order leaves the book, and an empty level holds no
-  order, so neither becomes cyclic garbage;
+  order;
 * a contingent group and its members (``Order.group`` <-> ``OcoGroup.legs``,
   ``BracketGroup.entry/tp/sl``, ``ConditionalGroup.order``): when a group
-  closes (``_maybe_close``, a cancelled group) it is dropped from
-  ``engine.groups`` with those links in place, so a group that was frozen
-  (live at recovery or at a snapshot) and closes later stays in memory
-  with its members: about 1 KiB per group, bounded by the groups live at
-  those moments, each kept once. A trailing-stop group is unlinked
-  (``order.trail_group = None``) when it lets go of an order.
+  closes (``_maybe_close``: its last live member filled or ended, or the
+  group cancelled) it leaves ``engine.groups`` and its members' ``group``
+  links are cleared, so the group and its done members go by reference
+  counting; a conditional's order is unlinked when it is released;
+* a trailing stop and its extreme group (``order.trail_group`` <->
+  ``_TrailGroup.members``): the link is cleared whenever the group lets go
+  of the order (fired, cancelled, expired), and a group merged into
+  another is left with no order pointing at it.
 
 Anything else of the process frozen while alive and later dropped in a
-cycle (an exception with its traceback held at that moment, say) stays
-too, and so does a whole engine dropped while frozen: its resting orders
-are linked in cycles with their levels. So a node that closes while its
-process goes on (tests, benchmarks, a gateway reopening) calls
+cycle (an exception with its traceback held at that moment, say) stays,
+and so does a whole engine dropped while frozen: its live orders and
+groups are in the cycles above, and it holds its own bound methods
+(``Engine._handlers``). So a node that closes while its process goes on
+(tests, benchmarks, a gateway reopening) calls
 ``release_long_lived()``, which hands everything back to the collector
 (its next full collection then traverses it all, once, and frees it).
 """
