@@ -24,11 +24,19 @@ One run, in order, on one fresh data directory:
 Both recoveries (3 and 6) run in a fresh child process (same interpreter,
 same ``JEX_CORE``), as a node restarting after a crash does: measured in
 this process they also paid for its million-object heap and its
-fragmentation (about 2x at 1 M resting orders).
+fragmentation (about 2x at 1 M resting orders). Before each, the machine
+settles (``_settle``): this process collects its garbage and waits
+``SETTLE_S``, so that the kernel has finished tearing down the processes
+and freeing the memory of the steps before it (a snapshot child that
+shared a million-order heap, engines just dropped). Started at once, the
+same recovery measured 1.5-2.0 s instead of 0.72 s at 1 M orders, the
+other core busy freeing pages: what a node restarted the instant its
+crashed predecessor dies may pay too, but not what recovery costs.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import subprocess
@@ -45,6 +53,7 @@ from .inmemory import frozen_heap
 SNAPSHOT_BENCH_MODULE = "jex_benchmarks_snapshot_bench"
 PROBE_SYMBOL = "DEEP"  # the symbol resting_orders defines
 CHILD_TIMEOUT_S = 600.0  # a recovery child (minutes at 10 M orders)
+SETTLE_S = 2.0  # quiet time before a timed recovery child (see the module docstring)
 
 
 def snapshot_bench_module() -> ModuleType | None:
@@ -97,9 +106,17 @@ def recover_and_report(directory: str, backend: str, n: int) -> None:
     print(json.dumps(figures))
 
 
+def _settle() -> None:
+    """Collect this process's garbage, then wait for the kernel to finish
+    freeing what earlier steps let go (see the module docstring)."""
+    gc.collect()
+    time.sleep(SETTLE_S)
+
+
 def _recover_in_child(directory: Path, backend: str, n: int) -> dict:
     """``_open_and_probe`` in a fresh Python process (the child inherits
-    the environment, so the same core runs)."""
+    the environment, so the same core runs), on a settled machine."""
+    _settle()
     code = "import sys; from jex.bench.snapshot import recover_and_report; " \
            "recover_and_report(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
     done = subprocess.run([sys.executable, "-c", code, str(directory), backend, str(n)],
