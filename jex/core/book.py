@@ -200,14 +200,17 @@ class BookSide:
         self.keys: list[int] = []
         self.best: Level | None = None
 
-    def level_for_insert(self, price: int) -> Level:
-        """The level at ``price``, created if missing. O(1) at the best, O(log n + n) deeper."""
+    def level_for_insert(self, price: Any) -> Level:
+        """The level at ``price`` (an int, passed as its object: the lookup
+        keys on it as it is), created if missing. O(1) at the best,
+        O(log n + n) deeper."""
         levels = self.levels
         level = levels.get(price)
         if level is None:
-            level = Level(price)
+            ticks: int = price
+            level = Level(ticks)
             levels[price] = level
-            key = price if self.is_bid else -price
+            key = ticks if self.is_bid else -ticks
             keys = self.keys
             if not keys or key > keys[-1]:
                 keys.append(key)

@@ -82,6 +82,9 @@ NEW_ORDER_FIELDS: Final = (
 )
 if C.NewOrder.__struct_fields__ != NEW_ORDER_FIELDS:  # pragma: no cover - a schema change must update both
     raise ImportError("NewOrder fields changed: update engine.NEW_ORDER_FIELDS and its unpacking")
+REPLACE_FIELDS: Final = ("account", "client_id", "order_id", "qty", "price")  # _on_replace unpacks astuple(Replace)
+if C.Replace.__struct_fields__ != REPLACE_FIELDS:  # pragma: no cover - a schema change must update both
+    raise ImportError("Replace fields changed: update engine.REPLACE_FIELDS and _on_replace's unpacking")
 STOP_KINDS: Final = (STOP, STOP_LIMIT, TRAILING_STOP)
 
 
@@ -318,7 +321,7 @@ class Engine(AuctionMixin):
     def _rest(self, order: Order, inst: InstrumentState) -> None:
         book = inst.book
         side = book.bids if order.side == BUY else book.asks
-        price = order.price
+        price: Any = order.price  # the int object: the level lookup keys on it (not unboxed and boxed anew)
         assert price is not None  # only limit orders rest
         if inst.pro_rata and inst.config.top_order:
             best = side.best
@@ -613,30 +616,36 @@ class Engine(AuctionMixin):
             self._cancel_group(target)
 
     def _on_replace(self, cmd: C.Replace) -> None:
-        order = self._lookup(cmd.account, cmd.client_id, cmd.order_id)
+        # One C call reads every field (a compiled core pays a generic
+        # attribute lookup per field read on a msgspec Struct).
+        client_id: str | None
+        qty: int | None
+        price: int | None
+        account, client_id, order_id, qty, price = astuple(cmd)
+        order = self._lookup(account, client_id, order_id)
         if not isinstance(order, Order) or not (order.level is not None or order.status == PENDING):
-            self._reject(cmd.client_id, cmd.account, "unknown_order", _unknown_message(cmd))
+            self._reject(client_id, account, "unknown_order", _unknown_message(cmd))
             return
-        if cmd.qty is None and cmd.price is None:
-            self._reject(cmd.client_id, cmd.account, "invalid_order", "replace needs qty or price")
+        if qty is None and price is None:
+            self._reject(client_id, account, "invalid_order", "replace needs qty or price")
             return
-        if (cmd.qty is not None and cmd.qty <= 0) or (cmd.price is not None and cmd.price <= 0):
-            self._reject(cmd.client_id, cmd.account, "invalid_order", "replace qty and price must be positive")
+        if (qty is not None and qty <= 0) or (price is not None and price <= 0):
+            self._reject(client_id, account, "invalid_order", "replace qty and price must be positive")
             return
-        if cmd.qty is not None and isinstance(order.group, BracketGroup) and order is not order.group.entry:
+        if qty is not None and isinstance(order.group, BracketGroup) and order is not order.group.entry:
             position = order.group.entry.filled - order.group.closed
-            if cmd.qty > position:
-                self._reject(cmd.client_id, cmd.account, "invalid_order",
+            if qty > position:
+                self._reject(client_id, account, "invalid_order",
                              f"a bracket child cannot exceed the open position of {position}")
                 return
         if order.status == PENDING:
             self._replace_pending(order, cmd)
             return
-        new_price = order.price if cmd.price is None else cmd.price
-        new_qty = order.qty if cmd.qty is None else cmd.qty
+        new_price = order.price if price is None else price
+        new_qty = order.qty if qty is None else qty
         if new_price == order.price and new_qty <= order.qty:
             self._shrink(order, order.qty - new_qty)
-            self._events.append(Amended(self.seq, order.order_id, order.client_id, new_qty, new_price, order.symbol))
+            self._events.append(Amended(self.seq_obj, order.order_id, order.client_id, new_qty, new_price, order.symbol))
             return
         inst = self.instruments[order.symbol]
         opp = inst.book.asks if order.side == BUY else inst.book.bids
@@ -647,15 +656,13 @@ class Engine(AuctionMixin):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
                     new_price = best.price - 1 if order.side == BUY else best.price + 1
                 else:
-                    self._reject(
-                        cmd.client_id, cmd.account, "post_only_would_cross", "the new price would cross the book"
-                    )
+                    self._reject(client_id, account, "post_only_would_cross", "the new price would cross the book")
                     return
         self._unrest(order, inst)
         order.price = new_price
         order.qty = new_qty
         order.priority_seq = self.seq
-        self._events.append(Amended(self.seq, order.order_id, order.client_id, new_qty, new_price, order.symbol))
+        self._events.append(Amended(self.seq_obj, order.order_id, order.client_id, new_qty, new_price, order.symbol))
         if inst.in_call:  # no matching in a call phase: it rests at its new price
             self._rest(order, inst)
             return
