@@ -4,17 +4,22 @@ allocation, and decoder fuzz (spec failure behaviour 20)."""
 from __future__ import annotations
 
 import random
+import struct
 import time
 import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from xxhash import xxh3_128_digest
 
 from jex.journal.damage import forge_record
 from jex.journal.errors import RECORD_REASONS, RecordError
 from jex.journal.limits import PAYLOAD_BYTES_MAX, RECORD_HEADER_BYTES
 from jex.journal.record import (
+    HEADER_BODY,
+    MAGIC,
+    VERSION,
     ZERO_CHAIN,
     CommandSink,
     RecordCursor,
@@ -22,9 +27,11 @@ from jex.journal.record import (
     decode_record,
     encode_batch,
     encode_one,
+    encode_records,
     find_validating_header,
     header_validates,
     padded_len,
+    type_byte,
 )
 
 NONCE = 0x1234_5678_9ABC_DEF0
@@ -265,6 +272,134 @@ def test_encode_records_rejects_what_encode_batch_rejects():
         encode_records(1, [1], [bytes(PAYLOAD_BYTES_MAX + 1)], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
     with pytest.raises(ValueError, match="seq"):
         encode_records(2**64, [1], [b"a"], parent=ZERO_CHAIN, nonce=NONCE, ts_floor=0)
+
+
+
+# --- encode_records against a reference encoder ---------------------------------------
+#
+# encode_records packs what is constant in a batch once and keeps the stamps
+# as objects; the reference below frames every field of every record with
+# HEADER_BODY, straight from the spec (and is what the encoder did before),
+# so the two must agree on every byte and on every error.
+
+U64_MAX = 2**64 - 1
+
+
+def _reference_encode(first_seq, stamps, payloads, *, parent, nonce, ts_floor, record_type=RecordType.COMMAND,
+                      version=VERSION):  # fmt: skip
+    if not payloads:
+        raise ValueError("empty batch")
+    if len(stamps) != len(payloads):
+        raise ValueError(f"{len(stamps)} timestamps for {len(payloads)} payloads")
+    parts, ts_last, last_seq = [], ts_floor, first_seq + len(payloads) - 1
+    for seq, (ts_ns, payload) in enumerate(zip(stamps, payloads), first_seq):
+        n = len(payload)
+        if ts_ns < ts_last:
+            raise ValueError(f"seq {seq}: timestamp {ts_ns} is before {ts_last}")
+        if n > PAYLOAD_BYTES_MAX:
+            raise ValueError(f"seq {seq}: payload of {n} bytes exceeds {PAYLOAD_BYTES_MAX}")
+        kind = type_byte(record_type, version, batch_end=seq == last_seq)
+        try:
+            body = HEADER_BODY.pack(xxh3_128_digest(payload), parent, seq, nonce, ts_ns, n, kind, version, MAGIC)
+        except struct.error as error:
+            raise ValueError(f"seq {seq}, timestamp {ts_ns}: {error}") from None
+        parent = xxh3_128_digest(body)
+        parts += [parent, body, payload, bytes(padded_len(n) - n)]
+        ts_last = ts_ns
+    return bytearray(b"".join(parts)), parent, ts_last
+
+
+def _outcome(encode, *args, **kwargs):
+    """The result, or the exception's type and message."""
+    try:
+        return encode(*args, **kwargs)
+    except (ValueError, OverflowError, TypeError) as error:
+        return type(error).__name__, str(error)
+
+
+_EDGE_SEQS = (0, 1, 2, 2**30, 2**62, 2**63, U64_MAX - 40, U64_MAX - 3, U64_MAX)
+_EDGE_STAMPS = (0, 1, 2**30 - 1, 2**31, 2**62 - 1, 2**62, 2**63, U64_MAX - 1, U64_MAX)
+_EDGE_NONCES = (0, 1, 2**30, 2**63 + 12345, U64_MAX)
+
+
+def _random_batch(rng):
+    """A batch with edge values mixed in: seqs and stamps near 0 and near
+    2**64 - 1, stamps equal to the floor, empty and 8-aligned payloads, and
+    now and then a stamp that goes back or one past u64."""
+    count = rng.choice((1, 1, 2, 3, rng.randrange(1, 40)))
+    first_seq = rng.choice(_EDGE_SEQS) if rng.random() < 0.6 else rng.randrange(1, 2**64)
+    floor = rng.choice(_EDGE_STAMPS) if rng.random() < 0.6 else rng.randrange(0, 2**64)
+    stamps, ts = [], floor
+    for _ in range(count):
+        ts = rng.choice((ts, ts, ts + 1, ts + rng.randrange(1, 2**20), rng.choice(_EDGE_STAMPS), U64_MAX))
+        if rng.random() < 0.02:
+            ts = ts - 1 if ts else -1  # back, or below zero
+        if rng.random() < 0.01:
+            ts = 2**64 + rng.randrange(3)
+        stamps.append(ts)
+    payloads = [rng.randbytes(rng.choice((0, 0, 1, 7, 8, 9, 15, 16, 29, 64, 200, 257))) for _ in range(count)]
+    parent = rng.choice((ZERO_CHAIN, rng.randbytes(16)))
+    nonce = rng.choice(_EDGE_NONCES) if rng.random() < 0.5 else rng.randrange(2**64)
+    return first_seq, stamps, payloads, dict(parent=parent, nonce=nonce, ts_floor=floor)
+
+
+def test_encode_records_is_the_reference_encoder_on_random_batches_with_edge_values():
+    rng = random.Random(8)
+    outcomes = set()
+    for _ in range(3000):
+        first_seq, stamps, payloads, kwargs = _random_batch(rng)
+        expected = _outcome(_reference_encode, first_seq, stamps, payloads, **kwargs)
+        assert _outcome(encode_records, first_seq, stamps, payloads, **kwargs) == expected, (first_seq, stamps, kwargs)
+        outcomes.add(expected[0] if isinstance(expected[0], str) else "ok")
+        if not isinstance(expected[0], str):
+            assert expected[2] == stamps[-1]
+    assert outcomes == {"ok", "ValueError"}  # both outcomes are exercised
+
+
+@pytest.mark.parametrize("record_type", sorted(RecordType))
+@pytest.mark.parametrize("version", [1, 2])
+def test_encode_records_frames_every_type_and_version_as_the_reference(record_type, version):
+    stamps, payloads = [5, 5, 6], [b"", b"abc", bytes(8)]
+    kwargs = dict(parent=ZERO_CHAIN, nonce=NONCE, ts_floor=5, record_type=record_type, version=version)
+    assert encode_records(7, stamps, payloads, **kwargs) == _reference_encode(7, stamps, payloads, **kwargs)
+
+
+def test_encode_records_frames_maximal_payloads_as_the_reference():
+    payloads = [bytes(PAYLOAD_BYTES_MAX), b"x" * (PAYLOAD_BYTES_MAX - 1)]
+    for first_seq, floor in ((1, 0), (U64_MAX - 1, U64_MAX)):
+        stamps = [floor, floor]
+        expected = _reference_encode(first_seq, stamps, payloads, parent=ZERO_CHAIN, nonce=U64_MAX, ts_floor=floor)
+        got = encode_records(first_seq, stamps, payloads, parent=ZERO_CHAIN, nonce=U64_MAX, ts_floor=floor)
+        assert got == expected
+        decoded, _ = decode_all(got[0], 2, first_seq=first_seq, nonce=U64_MAX)
+        assert [r.payload for r in decoded] == payloads
+
+
+@pytest.mark.parametrize(
+    "first_seq, stamps, payloads, floor, nonce",
+    [
+        (1, [5, 4], [b"a", b"b"], 0, NONCE),  # a timestamp going back
+        (1, [3], [b"a"], 4, NONCE),  # before the floor
+        (1, [4, 4], [b"a", bytes(PAYLOAD_BYTES_MAX + 1)], 4, NONCE),  # payload too large
+        (1, [2**64], [b"a"], 0, NONCE),  # timestamp past u64
+        (1, [-1], [b"a"], -2, NONCE),  # timestamp below zero
+        (U64_MAX, [1, 2], [b"a", b"b"], 0, NONCE),  # the second seq past u64
+        (2**64, [1], [b"a"], 0, NONCE),  # seq past u64
+        (-1, [1], [b"a"], 0, NONCE),  # seq below zero
+        (1, [1], [b"a"], 0, 2**64),  # nonce past u64: raised by the first record
+        (1, [1], [b"a"], 0, -1),  # nonce below zero
+        (2**64, [1], [b"a"], 0, 2**64),  # seq and nonce both: the seq's error, as packed in field order
+        (1, [0], [bytes(PAYLOAD_BYTES_MAX + 1)], 0, 2**64),  # a bad nonce, but the payload is refused first
+        (1, [5, 4], [b"a", b"b"], 6, 2**64),  # a bad nonce, but the first stamp is refused first
+        (1, [], [], 0, NONCE),
+        (1, [1], [b"a", b"b"], 0, NONCE),
+    ],
+)
+def test_encode_records_raises_what_the_reference_raises(first_seq, stamps, payloads, floor, nonce):
+    kwargs = dict(parent=ZERO_CHAIN, nonce=nonce, ts_floor=floor)
+    expected = _outcome(_reference_encode, first_seq, stamps, payloads, **kwargs)
+    assert isinstance(expected[0], str) and expected[0] == "ValueError"
+    assert _outcome(encode_records, first_seq, stamps, payloads, **kwargs) == expected
 
 
 # --- the fused walk (RecordCursor.apply_commands) against iterating --------------------
