@@ -97,7 +97,7 @@ class AuctionMixin(ContingentMixin):
                 self._reject(None, None, "auction_state", f"{cmd.symbol} is already in a call phase")
                 return
             inst.in_call = True
-            self._events.append(Phase(self.seq, cmd.symbol, "call"))
+            self._events.append(Phase(self.seq_obj, cmd.symbol, "call"))
             return
         if not inst.in_call:
             self._reject(None, None, "auction_state", f"{cmd.symbol} is not in a call phase")
@@ -114,13 +114,13 @@ class AuctionMixin(ContingentMixin):
         plan = plan_uncross(
             bids, asks, sum(o.qty for o in market_buys), sum(o.qty for o in market_sells), reference
         )
-        self._events.append(AuctionResult(self.seq, inst.symbol, plan.price, plan.volume, plan.surplus))
+        self._events.append(AuctionResult(self.seq_obj, inst.symbol, plan.price, plan.volume, plan.surplus))
         if plan.price is not None and plan.volume > 0:
             buys = market_buys + [o for lv in book.bids.iter_levels() if lv.price >= plan.price for o in lv.orders()]
             sells = market_sells + [o for lv in book.asks.iter_levels() if lv.price <= plan.price for o in lv.orders()]
             self._execute_uncross(inst, plan.price, plan.volume, buys, sells)
         inst.in_call = False
-        self._events.append(Phase(self.seq, inst.symbol, "continuous"))
+        self._events.append(Phase(self.seq_obj, inst.symbol, "continuous"))
         if plan.price is not None and plan.volume > 0:
             self._after_auction_trades(inst, plan.price)
         leftovers = sorted(
@@ -148,7 +148,7 @@ class AuctionMixin(ContingentMixin):
     def _auction_fill(self, inst: InstrumentState, buy: Order, sell: Order, qty: int, price: int) -> None:
         maker, taker = (buy, sell) if (buy.priority_seq, buy.order_id) < (sell.priority_seq, sell.order_id) else (sell, buy)
         self._events.append(
-            Trade(self.seq, inst.symbol, price, qty, maker.order_id, taker.order_id, maker.client_id,
+            Trade(self.seq_obj, inst.symbol, price, qty, maker.order_id, taker.order_id, maker.client_id,
                   taker.client_id, buy.account, sell.account, None)
         )
         for order in (buy, sell):

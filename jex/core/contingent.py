@@ -174,7 +174,7 @@ class ContingentMixin(EngineBase):
         group_id = self.next_id
         self.next_id = group_id + 1
         self.register(account, client_id, group_id)
-        self._events.append(Accepted(self.seq, group_id, client_id, account, symbol))
+        self._events.append(Accepted(self.seq_obj, group_id, client_id, account, symbol))
         return group_id
 
     def _duplicate(self, account: str, client_ids: list[str]) -> str | None:
@@ -376,7 +376,7 @@ class ContingentMixin(EngineBase):
             self._end(order, reason, cascade=False)
         else:
             self._shrink(order, qty)
-            self._events.append(Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol))
+            self._events.append(Amended(self.seq_obj, order.order_id, order.client_id, order.qty, order.price, order.symbol))
 
     def _grow_children(self, group: BracketGroup, qty: int) -> None:
         """A further entry fill: each live child grows by ``qty``; a resting
@@ -392,7 +392,7 @@ class ContingentMixin(EngineBase):
                 self._rest(child, inst)
             else:
                 child.qty += qty
-            self._events.append(Amended(self.seq, child.order_id, child.client_id, child.qty, child.price, child.symbol))
+            self._events.append(Amended(self.seq_obj, child.order_id, child.client_id, child.qty, child.price, child.symbol))
 
     def _on_member_end(self, order: Order, reason: str, cascade: bool) -> None:
         group = order.group
@@ -498,7 +498,7 @@ class ContingentMixin(EngineBase):
     def _release_stop(self, order: Order) -> None:
         if order.status != TRIGGERED:
             return
-        self._events.append(Triggered(self.seq, order.order_id, order.client_id, order.symbol))
+        self._events.append(Triggered(self.seq_obj, order.order_id, order.client_id, order.symbol))
         if order.kind == STOP_LIMIT:
             order.kind = LIMIT
         else:
@@ -530,17 +530,17 @@ class ContingentMixin(EngineBase):
         sl, tp = group.sl, group.tp
         if sl.status == INACTIVE:
             sl.qty = target
-            self._events.append(Triggered(self.seq, sl.order_id, sl.client_id, sl.symbol))
+            self._events.append(Triggered(self.seq_obj, sl.order_id, sl.client_id, sl.symbol))
             problem = self._release_problem(sl, inst)
             if problem is not None:
-                self._events.append(Rejected(self.seq, sl.client_id, sl.account, "child_rejected", problem))
+                self._events.append(Rejected(self.seq_obj, sl.client_id, sl.account, "child_rejected", problem))
                 self._end(sl, "bracket", cascade=True)
                 return
             sl.priority_seq = self.seq
             self._submit(sl, inst)
         if tp.status == INACTIVE:
             tp.qty = target
-            self._events.append(Triggered(self.seq, tp.order_id, tp.client_id, tp.symbol))
+            self._events.append(Triggered(self.seq_obj, tp.order_id, tp.client_id, tp.symbol))
             tp.priority_seq = self.seq
             self._submit(tp, inst)
 
@@ -550,11 +550,11 @@ class ContingentMixin(EngineBase):
             return
         del self.groups[group.group_id]
         order.group = None
-        self._events.append(Triggered(self.seq, order.order_id, order.client_id, order.symbol))
+        self._events.append(Triggered(self.seq_obj, order.order_id, order.client_id, order.symbol))
         inst = self.instruments[order.symbol]
         problem = self._release_problem(order, inst)
         if problem is not None:
-            self._events.append(Rejected(self.seq, order.client_id, order.account, "child_rejected", problem))
+            self._events.append(Rejected(self.seq_obj, order.client_id, order.account, "child_rejected", problem))
             self._end(order, "condition")
             return
         order.priority_seq = self.seq

@@ -159,14 +159,14 @@ class Engine(AuctionMixin):
     # ------------------------------------------------------------- handlers
 
     def _reject(self, client_id: str | None, account: str | None, reason: str, message: str) -> None:
-        self._events.append(Rejected(self.seq, client_id, account, reason, message))
+        self._events.append(Rejected(self.seq_obj, client_id, account, reason, message))
 
     def _on_instrument(self, cmd: C.Instrument) -> None:
         if cmd.symbol in self.instruments:
             self._reject(None, None, "instrument_exists", f"instrument {cmd.symbol} is already defined")
             return
         self.instruments[cmd.symbol] = InstrumentState(cmd)
-        self._events.append(InstrumentAdded(self.seq, cmd.symbol, cmd.tick, cmd.lot))
+        self._events.append(InstrumentAdded(self.seq_obj, cmd.symbol, cmd.tick, cmd.lot))
 
     def _on_clock(self, cmd: C.Clock) -> None:
         """Time passed; GTD expiry already ran in ``apply``."""
@@ -211,10 +211,10 @@ class Engine(AuctionMixin):
             if problem is not None:
                 self._reject(client_id, account, problem[0], problem[1])
                 return
-            order = self._order_from(fields, OPEN)
+            order = self._order_from(fields, OPEN, known)
             self._submit(order, inst)
             return
-        order = self._order_from(fields, OPEN)
+        order = self._order_from(fields, OPEN, known)  # the account's registry: no second lookup
         self._process_incoming(order, inst)
 
     def _order_problem(self, cmd: C.NewOrder, inst: InstrumentState) -> tuple[str, str] | None:
@@ -236,8 +236,10 @@ class Engine(AuctionMixin):
         """Assign an id, register the client id and emit ``accepted``."""
         return self._order_from(astuple(cmd), status)
 
-    def _order_from(self, fields: tuple, status: int) -> Order:
-        """``_create_order`` from ``astuple(NewOrder)`` (field order: ``NEW_ORDER_FIELDS``)."""
+    def _order_from(self, fields: tuple, status: int, ids: dict[str, Any] | None = None) -> Order:
+        """``_create_order`` from ``astuple(NewOrder)`` (field order:
+        ``NEW_ORDER_FIELDS``); ``ids``: the account's client-id registry if
+        the caller has it at hand (else it is looked up)."""
         account: str
         client_id: str
         symbol: str
@@ -265,9 +267,10 @@ class Engine(AuctionMixin):
             order.activation_price = activation
         order.status = status
         self.orders[boxed_id] = order
-        ids = self.client_ids.get(account)
         if ids is None:
-            ids = self.client_ids[account] = {}
+            ids = self.client_ids.get(account)
+            if ids is None:
+                ids = self.client_ids[account] = {}
         ids[client_id] = boxed_id
         self._events.append(Accepted(self.seq_obj, boxed_id, client_id, account, symbol))
         if order.expire_at is not None:
@@ -300,7 +303,7 @@ class Engine(AuctionMixin):
                 if inst.config.post_only_mode == C.POST_ONLY_SLIDE and (order.side == SELL or best.price > 1):
                     order.price = best.price - 1 if order.side == BUY else best.price + 1
                     self._events.append(
-                        Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol)
+                        Amended(self.seq_obj, order.order_id, order.client_id, order.qty, order.price, order.symbol)
                     )
                 else:
                     self._end(order, "post_only")
@@ -502,7 +505,7 @@ class Engine(AuctionMixin):
         Returns True when the taker may keep matching.
         """
         qty = taker.qty if taker.qty < maker.qty else maker.qty
-        self._events.append(Prevented(self.seq, taker.order_id, maker.order_id, qty, STP_NAMES[stp], taker.symbol))
+        self._events.append(Prevented(self.seq_obj, taker.order_id, maker.order_id, qty, STP_NAMES[stp], taker.symbol))
         if stp == STP_EXPIRE_TAKER:
             self._end(taker, "stp")
             return False
@@ -683,7 +686,7 @@ class Engine(AuctionMixin):
             order.qty = cmd.qty
         if cmd.price is not None:
             order.price = cmd.price
-        self._events.append(Amended(self.seq, order.order_id, order.client_id, order.qty, order.price, order.symbol))
+        self._events.append(Amended(self.seq_obj, order.order_id, order.client_id, order.qty, order.price, order.symbol))
 
     # ------------------------------------------------------------ queries
 
