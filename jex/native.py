@@ -66,6 +66,7 @@ COMPILED = (
     "engine",
     "prorata",
     "reasons",
+    "registry",
     "state",
     "stops",
     "vpin",

@@ -333,32 +333,40 @@ def test_recovery_trusts_the_body_checksum_not_a_second_digest(tmp_path, monkeyp
 
 
 def _rewrite_as_state_version_1(path: Path) -> str:
-    """Rewrite a snapshot as the previous build wrote it (state version 1:
-    a row per order); returns its (version 1) digest."""
+    return _rewrite_as_older_state(path, 1)
+
+
+def _rewrite_as_older_state(path: Path, version: int) -> str:
+    """Rewrite a snapshot as an earlier build wrote it (state version 1: a
+    row per order; 2: the registry as columns of strings, restored into
+    dicts); returns its digest (that version's)."""
+    from jex.core.state import export_state
     from jex.snapshots import legacy
 
     header = store.read_header(path)
     engine = store.load(path).engine
-    body = msgspec.msgpack.encode(legacy.export_v1(engine))
+    body = msgspec.msgpack.encode(legacy.export_v1(engine) if version == 1 else export_state(engine, version))
     digest = xxhash.xxh3_128_digest(body)
-    assert digest.hex() == legacy.digest_v1(engine) != engine.digest()
-    old = SnapshotHeader(header.seq, header.ts_ns, header.chain, digest, len(body), digest, state_version=1)
+    assert digest.hex() == store.state_digest(engine, version) != engine.digest()
+    old = SnapshotHeader(header.seq, header.ts_ns, header.chain, digest, len(body), digest, state_version=version)
     path.write_bytes(old.encode() + body)
     return digest.hex()
 
 
-def test_state_version_1_snapshots_still_start_a_pruned_node(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_state_versions_still_start_a_pruned_node(tmp_path, version):
     """A node upgraded over a log pruned up to snapshots of state version 1
-    (one msgpack row per order) restores from them (snapshots/legacy.py),
-    checked against their own digest; a version this build does not know is
-    refused (unknown_state_version) and recovery falls back."""
+    (one msgpack row per order; snapshots/legacy.py) or 2 (the registry as
+    strings) restores from them, checked against their own digest; a version
+    this build does not know is refused (unknown_state_version) and recovery
+    falls back."""
     live = build(tmp_path)
     assert list_segments(OsStorage(), tmp_path / "wal").segments[0].first_seq > 1, "the build must have pruned"
     older, newest = snapshot_paths(tmp_path)
     for path in (older, newest):
-        v1_digest = _rewrite_as_state_version_1(path)
-        loaded = store.load(path)  # the version 1 digest recomputed from the restored engine
-        assert loaded.header.state_version == 1 and loaded.header.digest_hex == v1_digest
+        old_digest = _rewrite_as_older_state(path, version)
+        loaded = store.load(path)  # that version's digest recomputed from the restored engine
+        assert loaded.header.state_version == version and loaded.header.digest_hex == old_digest
     with open_node(tmp_path) as node:
         assert node.recovered_from.path == newest and not node.recovery_notices
         assert node.digest() == live

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from . import commands as C
 from .book import Book, Order
+from .registry import ColdRegistry
 from .commands import MATCH_PRO_RATA
 from .stops import StopBook
 from .vpin import Vpin
@@ -79,6 +80,9 @@ class EngineBase:
     # The client-id registry: account -> client_id -> order or group id,
     # forever (two levels: no key tuple is built, kept or hashed per order).
     client_ids: dict[str, dict[str, int]]
+    # The entries a snapshot restored, packed and read-only (core/registry.py),
+    # asked where client_ids misses; None until a restore of state version 3.
+    cold_registry: ColdRegistry | None
     next_id: int
     seq: int  # seq of the last applied command
     # The same seq as one Python int object, boxed once per command: the hot
@@ -96,7 +100,12 @@ class EngineBase:
         client_id)`` (live or not), or None. O(1). The registry's layout is
         the engine's own business: everything outside core asks here."""
         ids = self.client_ids.get(account)
-        return None if ids is None else ids.get(client_id)
+        if ids is not None:
+            order_id = ids.get(client_id)
+            if order_id is not None:
+                return order_id
+        cold = self.cold_registry
+        return None if cold is None else cold.get(account, client_id)
 
     def registry(self, ordered: bool = True) -> list[tuple[str, str, int]]:
         """Every ``(account, client_id, id)`` registered: in id order (the
@@ -104,7 +113,16 @@ class EngineBase:
         made), or with ``ordered=False`` grouped by account, for a caller
         that only builds a map. O(n log n) ordered, and about O(n) when a
         few accounts hold most entries (each account's entries are mostly in
-        id order already); O(n) unordered."""
+        id order already, and the cold part is in id order); O(n) unordered."""
+        rows = [] if self.cold_registry is None else self.cold_registry.entries()
+        rows += self.hot_registry(False)
+        if ordered:
+            rows.sort(key=_third)
+        return rows
+
+    def hot_registry(self, ordered: bool = True) -> list[tuple[str, str, int]]:
+        """``registry()`` of the entries in ``client_ids`` only (not the
+        cold part a restore left): those made since the restore."""
         rows = [(account, client_id, order_id)
                 for account, ids in self.client_ids.items() for client_id, order_id in ids.items()]
         if ordered:

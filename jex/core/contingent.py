@@ -181,8 +181,9 @@ class ContingentMixin(EngineBase):
         if len(set(client_ids)) != len(client_ids):
             return "client ids within a group must differ"
         known = self.client_ids.get(account, {})
+        cold = self.cold_registry
         for cid in client_ids:
-            if cid in known:
+            if cid in known or (cold is not None and cold.get(account, cid) is not None):
                 return f"client_id {cid} was already used"
         return None
 

@@ -101,6 +101,7 @@ class Engine(AuctionMixin):
         self.orders = {}
         self.groups = {}
         self.client_ids = {}
+        self.cold_registry = None
         self.next_id = 1
         self.seq = 0
         self.seq_obj = 0
@@ -190,7 +191,9 @@ class Engine(AuctionMixin):
             self._reject(client_id, account, "unknown_symbol", f"unknown symbol {symbol}")
             return
         known = self.client_ids.get(account)
-        if known is not None and client_id in known:
+        if known is not None and client_id in known or (
+            self.cold_registry is not None and self.cold_registry.get(account, client_id) is not None
+        ):
             self._reject(client_id, account, "duplicate_client_id", f"client_id {client_id} was already used")
             return
         # Fast path: a plain GTC limit or IOC market order in continuous
@@ -595,11 +598,13 @@ class Engine(AuctionMixin):
             if client_id is None:
                 return None
             ids = self.client_ids.get(account)
-            if ids is None:
-                return None
-            key = ids.get(client_id)
+            key = None if ids is None else ids.get(client_id)
             if key is None:
-                return None
+                if self.cold_registry is None:
+                    return None
+                key = self.cold_registry.get(account, client_id)
+                if key is None:
+                    return None
         target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(key)
         if target is None:
             target = self.groups.get(key)

@@ -19,9 +19,12 @@ of small lists, and restoring walks columns. Each column is
 ``width`` bytes, with the listed positions overriding (None prices, bools,
 integers beyond 64 bits, sparse fields that are mostly None). Account and
 symbol columns index a table of their distinct strings. The book's queues
-are columns of table positions; the client-id registry keeps only the
-entries the table does not already say (every order in the table is
-registered under its own account and client id).
+are columns of table positions. The client-id registry (every client id
+ever accepted, so it grows with the history, not with the book) is a cold
+registry (core/registry.py): packed columns and a hash table that a restore
+wraps without building anything per entry; the restored engine asks it
+where its dicts miss and keeps new entries in the dicts, and its next
+export extends the cold columns by them.
 
 A restore of a million orders is bound by memory more than by
 instructions (fresh pages, cache misses), so it allocates nothing it does
@@ -32,7 +35,10 @@ queues that are in table order are linked in one pass in table order, the
 order the objects were made in (``_restore_side``, ``_link_rows``); and the
 registry's dicts keep their keys' hashes (``_hash_keeping_dict``).
 
-Bump ``STATE_VERSION`` whenever the shape changes (2: the column table).
+Bump ``STATE_VERSION`` whenever the shape changes (2: the column table; 3:
+the registry packed and hash-indexed, where 2 held the entries the table
+did not say as a list of strings, restored into dicts: version 2 is still
+restored, and exported for its digest, ``export_state(engine, 2)``).
 """
 
 from __future__ import annotations
@@ -46,12 +52,15 @@ from typing import Any, Iterable
 import msgspec
 
 from . import commands as C
-from .base import EngineBase, InstrumentState
+from .base import EngineBase, InstrumentState, _third
 from .book import DONE, OPEN, ORDER_SLOTS, BookSide, Level, Order
 from .contingent import BracketGroup, ConditionalGroup, OcoGroup
+from .registry import ColdRegistry
+from .registry import build as build_cold
 from .stops import export_stops, restore_stops
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+STATE_VERSIONS_RESTORED = (2, STATE_VERSION)  # 2 holds its registry as columns of strings, restored into dicts
 
 # Every Order slot except the links a restore rebuilds (queue pointers,
 # level, trailing group, group): the columns of the order table, in this order.
@@ -77,7 +86,11 @@ _condition_decoder = msgspec.msgpack.Decoder(C.Condition)
 _instrument_decoder = msgspec.msgpack.Decoder(C.Instrument)
 
 
-def export_state(engine: Any) -> list:
+def export_state(engine: Any, version: int = STATE_VERSION) -> list:
+    """The engine's state as plain data of state ``version`` (the current
+    one, or 2: what a version-2 snapshot's digest is the hash of)."""
+    if version not in (2, STATE_VERSION):
+        raise ValueError(f"cannot export engine state version {version}")
     live = sorted(engine.orders.values(), key=lambda o: o.order_id)
     # Members of live groups that already ended (e.g. a filled bracket entry,
     # whose filled quantity still sizes the children) are kept with the group.
@@ -107,9 +120,12 @@ def export_state(engine: Any) -> list:
         )
     groups = [_export_group(engine.groups[g]) for g in sorted(engine.groups)]
     orders = [len(table), _export_columns(table, names)]
-    registry = _export_registry(engine, table, position, names)
+    if version == 2:
+        registry = _export_registry_v2(engine, table, position, names)
+    else:
+        registry = export_registry(engine)
     strings = list(names)
-    return [STATE_VERSION, engine.next_id, engine.seq, engine.ts, strings, instruments, orders, groups, registry]
+    return [version, engine.next_id, engine.seq, engine.ts, strings, instruments, orders, groups, registry]
 
 
 def _name_column(values: list[str], names: dict[str, int]) -> list:
@@ -159,39 +175,41 @@ def _export_side(side: BookSide, position: dict[int, int]) -> list:
     return [len(prices), _pack_ints(prices), _pack_ints(counts), _pack_ints(queue)]
 
 
-def _export_registry(engine: EngineBase, table: list[Order], position: dict[int, int], names: dict[str, int]) -> list:
-    """The client-id registry: which table rows are registered under their own
-    (account, client_id) -> order id (None: all of them, as the engine always
-    has them), and the other entries as columns in id order. A live engine's
-    registry (account -> client_id -> id) is in id order within each account
-    (ids are handed out as entries are made), a restored one holds the
-    table's entries first; the others are sorted by id here, which keeps the
-    export independent of the dicts' order."""
+def export_registry(engine: EngineBase) -> list:
+    """The whole client-id registry as a cold registry's columns
+    (core/registry.py), entries in id order. A restored engine holds the
+    snapshot's entries cold and only those made since in its dicts, all of
+    higher ids: the cold columns are extended, not rebuilt (O(new entries)
+    plus copies, and the table's doubling now and then)."""
+    cold = engine.cold_registry
+    hot = engine.hot_registry()
+    if cold is not None and hot and hot[0][2] <= cold.last_id:  # not the shape an engine makes: merge
+        hot = sorted(cold.entries() + hot, key=_third)
+        cold = None
+    if cold is not None and not hot:
+        return list(cold.columns)
+    return build_cold([a for a, _, _ in hot], [c for _, c, _ in hot], [i for _, _, i in hot], cold)
+
+
+def _export_registry_v2(engine: EngineBase, table: list[Order], position: dict[int, int],
+                        names: dict[str, int]) -> list:
+    """The client-id registry as state version 2 stored it: which table rows
+    are registered under their own (account, client_id) -> order id (None:
+    all of them), and the other entries as columns in id order."""
     accounts: list[str] = []
     client_id_list: list[str] = []
     ids: list[int] = []
     derived = 0
-    in_order = True
-    last = -1
-    for account, registered_ids in engine.client_ids.items():
-        for client_id, order_id in registered_ids.items():
-            p = position.get(order_id)
-            if p is not None:
-                o = table[p]
-                if o.account == account and o.client_id == client_id:
-                    derived += 1
-                    continue
-            if order_id < last:
-                in_order = False
-            last = order_id
-            accounts.append(account)
-            client_id_list.append(client_id)
-            ids.append(order_id)
-    if not in_order:
-        permutation = sorted(range(len(ids)), key=ids.__getitem__)
-        accounts = [accounts[i] for i in permutation]
-        client_id_list = [client_id_list[i] for i in permutation]
-        ids = [ids[i] for i in permutation]
+    for account, client_id, order_id in engine.registry():
+        p = position.get(order_id)
+        if p is not None:
+            o = table[p]
+            if o.account == account and o.client_id == client_id:
+                derived += 1
+                continue
+        accounts.append(account)
+        client_id_list.append(client_id)
+        ids.append(order_id)
     registered: list[int] | None = None
     if derived != len(table):
         registered = [p for p, o in enumerate(table) if engine.registered(o.account, o.client_id) == o.order_id]
@@ -343,9 +361,9 @@ def restore_state(data: list, engine_class: Any = None) -> Any:
     if engine_class is None:
         engine_class = Engine
 
-    if not isinstance(data, list) or not data or data[0] != STATE_VERSION:
+    if not isinstance(data, list) or not data or data[0] not in STATE_VERSIONS_RESTORED:
         raise ValueError(f"unsupported engine state version {data[0] if data else None!r}")
-    _, next_id, seq, ts, strings, instruments, order_table, groups, registry = data
+    version, next_id, seq, ts, strings, instruments, order_table, groups, registry = data
     engine = engine_class()
     engine.next_id, engine.seq, engine.ts = next_id, seq, ts
     n, columns = order_table
@@ -389,7 +407,11 @@ def restore_state(data: list, engine_class: Any = None) -> Any:
         if isinstance(group, ConditionalGroup):
             for symbol in group.symbols:
                 engine.watch.setdefault(symbol, {})[group.group_id] = group
-    engine.client_ids = _restore_registry(registry, strings, accounts, client_ids, ids)
+    if version == 2:
+        engine.client_ids = _restore_registry(registry, strings, accounts, client_ids, ids)
+    else:
+        cold = ColdRegistry(registry)
+        engine.cold_registry = cold if len(cold) else None
     expire_at = columns[_ORDER_FIELDS.index("expire_at")]
     if _is_constant(expire_at, None):
         engine._gtd = []

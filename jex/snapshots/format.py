@@ -35,9 +35,10 @@ import xxhash
 from jex.core.state import STATE_VERSION
 
 # The state versions a body may have: the current one (what every snapshot
-# is written in) and version 1 (snapshots/legacy.py), so a node upgraded
-# over a log pruned up to version 1 snapshots still starts from them.
-STATE_VERSIONS_READ = (1, STATE_VERSION)
+# is written in), version 2 (core/state.py restores it: the same but for the
+# registry) and version 1 (snapshots/legacy.py), so a node upgraded over a
+# log pruned up to older snapshots still starts from them.
+STATE_VERSIONS_READ = (1, 2, STATE_VERSION)
 
 MAGIC = b"JEXSNAP\0"
 VERSION = 1

@@ -354,7 +354,7 @@ def load(path: Path, *, check_digest: bool = True) -> Loaded:
                     raise SnapshotError("undecodable_body", path, str(error).splitlines()[0] if str(error) else "") from None
         t2 = time.perf_counter()
         try:
-            engine = restore_state(data) if header.state_version == STATE_VERSION else legacy.restore_v1(data)
+            engine = legacy.restore_v1(data) if header.state_version == legacy.STATE_VERSION_1 else restore_state(data)
             del data
             t3 = time.perf_counter()
             seconds.update(map_verify_s=t1 - t0, decode_s=t2 - t1, restore_s=t3 - t2)
@@ -382,11 +382,15 @@ def _check_restored(engine, header: SnapshotHeader, path: Path, check_digest: bo
 
 def state_digest(engine, state_version: int = STATE_VERSION) -> str:
     """The engine's digest as a snapshot of ``state_version`` states it in its
-    header: ``Engine.digest()`` for the current version, the version 1 hash
-    (snapshots/legacy.py) for version 1. Compare a header's digest with this,
-    not with ``Engine.digest()``, where version 1 files may still be around."""
+    header: ``Engine.digest()`` for the current version, the hash of the
+    version 2 export for version 2 (its registry as columns of strings), the
+    version 1 hash (snapshots/legacy.py) for version 1. Compare a header's
+    digest with this, not with ``Engine.digest()``, where older files may
+    still be around."""
     if state_version == STATE_VERSION:
         return engine.digest()
+    if state_version == 2:
+        return xxhash.xxh3_128_hexdigest(msgspec.msgpack.encode(export_state(engine, 2)))
     if state_version == legacy.STATE_VERSION_1:
         return legacy.digest_v1(engine)
     raise ValueError(f"unknown state version {state_version}")
