@@ -130,10 +130,14 @@ class Gateway:
         self._listeners: list[Listener] = []
         self._on_stop: list[Callable[[BaseException | None], None]] = []
         self._watched: dict[str, int] = {}  # symbol -> number of book watchers
-        # order id -> account, for every order and group ever accepted (the
-        # engine keeps the same registry keyed the other way). Written only
-        # by the writer thread, before the result naming the id is released.
-        self._owners: dict[int, str] = {oid: account for account, _, oid in exchange.engine.registry(ordered=False)}
+        # order id -> account, for every order and group accepted since the
+        # engine's restore (the engine keeps the same registry keyed the
+        # other way); those it restored are asked of its cold registry
+        # (read-only, O(log n) by id), not copied here. Written only by the
+        # writer thread, before the result naming the id is released.
+        engine = exchange.engine
+        self._owners: dict[int, str] = {oid: account for account, _, oid in engine.hot_registry(ordered=False)}
+        self._cold = engine.cold_registry
         self._guard = threading.Lock()  # listeners, watched symbols, stop callbacks
         self._closing = threading.Event()
         self._dead = False  # the writer has left its loop: nothing more is accepted
@@ -220,8 +224,12 @@ class Gateway:
 
     def owner_of(self, order_id: int) -> str | None:
         """The account of an order or group id that has been acknowledged
-        (safe from any thread: the map only grows, one key at a time)."""
-        return self._owners.get(order_id)
+        (safe from any thread: the map only grows, one key at a time, and
+        the cold registry is read-only)."""
+        owner = self._owners.get(order_id)
+        if owner is None and self._cold is not None:
+            owner = self._cold.account_of(order_id)
+        return owner
 
     # -------------------------------------------------------- subscribers
 
