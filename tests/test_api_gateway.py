@@ -167,6 +167,24 @@ def test_owner_index_covers_recovered_and_new_orders(tmp_path):
         assert gw.owner_of(second) == "C" and gw.owner_of(10**9) is None
 
 
+def test_owner_index_covers_orders_restored_from_a_snapshot(tmp_path):
+    """Restored entries stay in the engine's cold registry (core/registry.py):
+    the gateway asks it by id instead of copying them."""
+    from jex.node.exchange import Exchange
+
+    with Exchange.open(tmp_path, backend="pwrite") as node:
+        node.submit(INSTRUMENT)
+        ids = [node.submit(order(f"o{i}", account=f"acct{i % 3}"))[0]["order_id"] for i in range(20)]
+        node.snapshot()
+    with open_gateway(tmp_path) as gw:
+        assert gw.read(lambda x: len(x.engine.cold_registry)).result(10) == 20
+        assert [gw.owner_of(i) for i in ids] == [f"acct{i % 3}" for i in range(20)]
+        new = gw.submit(order("new", account="D")).result(10).events[0]["order_id"]
+        assert gw.owner_of(new) == "D" and gw.owner_of(ids[-1] + 10**6) is None
+        refused = gw.submit(order("o4", account="acct1")).result(10).events[0]
+        assert refused["type"] == "rejected" and refused["reason"] == "duplicate_client_id"
+
+
 def test_many_threads_each_get_their_own_results(tmp_path):
     with open_gateway(tmp_path) as gw:
         gw.submit(INSTRUMENT).result(10)
