@@ -244,7 +244,7 @@ class ColdRegistry:
         self.tag_shift: int = tag_shift
         if n and self._end(n - 1) != len(blob):
             raise ValueError("cold registry client ids do not fill their blob")
-        self.seeds: dict[str, int] = {}
+        self.seeds: dict[str, Any] = {}
         self.columns = columns  # an export with no new entries writes these again
 
     def __len__(self) -> int:
@@ -269,7 +269,7 @@ class ColdRegistry:
         expected: one hash, ~2 probes, a byte compare on a tag match."""
         if self.count == 0:
             return None
-        seed = self.seeds.get(account)
+        seed: Any = self.seeds.get(account)  # kept boxed: it goes straight back into a call
         if seed is None:
             seed = self.seeds[account] = account_seed(account)
         key = client_id.encode()
