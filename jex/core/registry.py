@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from itertools import accumulate
 from typing import Any, Final
 
 import xxhash
@@ -90,14 +91,6 @@ def _width(largest: int) -> int:
     return 8
 
 
-def _le(values: Any, width: int) -> bytes:
-    """Unsigned integers as little-endian bytes of ``width`` each."""
-    packed = array(_UNSIGNED[width], values)
-    if not _LITTLE_ENDIAN:
-        packed.byteswap()
-    return packed.tobytes()
-
-
 def _read(data: bytes, at: int, width: int) -> int:
     """The unsigned little-endian integer of ``width`` bytes at ``at``."""
     value = 0
@@ -114,15 +107,6 @@ def _column(blob: Any, width: Any, n: int, what: str) -> tuple[bytes, int]:
     if len(blob) != n * width:
         raise ValueError(f"cold registry {what} of {len(blob)} bytes, expected {n} of {width}")
     return blob, width
-
-
-def _unpacked(blob: bytes, width: int) -> array:
-    """A packed column as an array of 8-byte unsigned integers (to extend it). O(n) in C."""
-    packed = array(_UNSIGNED[width])
-    packed.frombytes(blob)
-    if not _LITTLE_ENDIAN:
-        packed.byteswap()
-    return packed if width == 8 else array("Q", packed)
 
 
 def build(accounts: list[str], client_ids: list[str], ids: list[int], base: ColdRegistry | None = None) -> list:
@@ -148,61 +132,81 @@ def build(accounts: list[str], client_ids: list[str], ids: list[int], base: Cold
     total = first + n
     if total > MAX_ENTRIES:
         raise ValueError(f"{total} registry entries: more than a cold registry holds")
-    if base is None:
-        names: list[str] = []
-        account_column = array("Q")
-        ends = array("Q")
-        id_column = array("Q")
-        blob_parts: list[bytes] = []
-        end = 0
-    else:
-        names = list(base.names)
-        account_column = _unpacked(base.accounts, base.widths[0])
-        ends = _unpacked(base.ends, base.widths[1])
-        id_column = _unpacked(base.ids, base.widths[2])
-        blob_parts = [base.blob]
-        end = len(base.blob)
+    names: list[str] = [] if base is None else list(base.names)
     index = {name: i for i, name in enumerate(names)}
-    for e in range(n):
-        account = accounts[e]
+    account_index: list[int] = []
+    for account in accounts:
         a = index.get(account)
         if a is None:
             a = index[account] = len(names)
             names.append(account)
-        account_column.append(a)
-        key = client_ids[e].encode()
-        blob_parts.append(key)
-        end += len(key)
-        ends.append(end)
-        id_column.append(ids[e])
-    blob = b"".join(blob_parts)
+        account_index.append(a)
+    keys = [client_id.encode() for client_id in client_ids]
+    lengths = list(map(len, keys))
+    start_at = 0 if base is None else len(base.blob)
+    end = start_at + sum(lengths)
+    widths = [_width(len(names) - 1) if names else 1, _width(end),
+              _width(ids[-1] if n else base.last_id if base is not None else 0), slot_layout(total)[0]]
+    account_column = _extended(base.accounts, base.widths[0], widths[0]) if base is not None else array(_UNSIGNED[widths[0]])
+    account_column.extend(account_index)
+    ends = _extended(base.ends, base.widths[1], widths[1]) if base is not None else array(_UNSIGNED[widths[1]])
+    ends.extend(accumulate(lengths, initial=start_at))
+    ends.pop(first)  # accumulate's initial value: the previous end
+    id_column = _extended(base.ids, base.widths[2], widths[2]) if base is not None else array(_UNSIGNED[widths[2]])
+    id_column.extend(ids)
+    blob = b"".join(keys) if base is None else b"".join([base.blob, *keys])
     size = table_size(total)
     slot_width, entry_bits, tag_shift = slot_layout(total)
-    if base is not None and base.mask + 1 == size and base.slot_width == slot_width:
-        slots = _unpacked(base.slots, slot_width)
-        _insert(slots, size - 1, entry_bits, tag_shift, names, account_column, blob, ends, first, total)
-    else:
-        slots = array("Q", bytes(8 * size))
-        _insert(slots, size - 1, entry_bits, tag_shift, names, account_column, blob, ends, 0, total)
-    widths = [_width(len(names) - 1) if names else 1, _width(end), _width(id_column[-1] if total else 0), slot_width]
-    return [total, names, widths, _le(account_column, widths[0]), blob, _le(ends, widths[1]),
-            _le(id_column, widths[2]), _le(slots, slot_width)]
-
-
-def _insert(slots: array, mask: int, entry_bits: int, tag_shift: int, names: list[str], accounts: array,
-            blob: bytes, ends: array, first: int, total: int) -> None:
-    """Enter entries first..total-1 into the table (linear probing, in
-    entry order)."""
     seeds = [account_seed(name) for name in names]
-    start: int = ends[first - 1] if first else 0
-    for e in range(first, total):
-        end: int = ends[e]
-        h: int = _hash(blob[start:end], seeds[accounts[e]])
-        start = end
+    if base is not None and base.mask + 1 == size and base.slot_width == slot_width:
+        slots = _extended(base.slots, slot_width, slot_width)
+        _insert(slots, size - 1, entry_bits, tag_shift, seeds, account_index, keys, first)
+    else:
+        slots = array(_UNSIGNED[slot_width], bytes(slot_width * size))
+        if base is not None:  # the table grows: base's entries again, then the new ones
+            _insert(slots, size - 1, entry_bits, tag_shift, seeds, base_accounts(base), base_keys(base), 0)
+        _insert(slots, size - 1, entry_bits, tag_shift, seeds, account_index, keys, first)
+    return [total, names, widths, _le_bytes(account_column), blob, _le_bytes(ends), _le_bytes(id_column),
+            _le_bytes(slots)]
+
+
+def _extended(blob: bytes, width: int, new_width: int) -> array:
+    """A packed column as an array of ``new_width`` (>= width) to extend. O(n) in C."""
+    packed = array(_UNSIGNED[width])
+    packed.frombytes(blob)
+    if not _LITTLE_ENDIAN:
+        packed.byteswap()
+    return packed if width == new_width else array(_UNSIGNED[new_width], packed)
+
+
+def _le_bytes(packed: array) -> bytes:
+    if not _LITTLE_ENDIAN:
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def base_accounts(base: ColdRegistry) -> list[int]:
+    return _extended(base.accounts, base.widths[0], base.widths[0]).tolist()
+
+
+def base_keys(base: ColdRegistry) -> list[bytes]:
+    ends = _extended(base.ends, base.widths[1], base.widths[1]).tolist()
+    blob = base.blob
+    return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+
+
+def _insert(slots: array, mask: int, entry_bits: int, tag_shift: int, seeds: list[int], accounts: list[int],
+            keys: list[bytes], first: int) -> None:
+    """Enter ``keys`` (with their ``accounts``) as entries first, first+1,
+    ... into the table (linear probing, in entry order)."""
+    e = first
+    for p in range(len(keys)):
+        h: int = _hash(keys[p], seeds[accounts[p]])
         slot: int = h & mask
         while slots[slot] != 0:
             slot = (slot + 1) & mask
-        slots[slot] = ((h >> tag_shift) << entry_bits) | (e + 1)
+        e += 1
+        slots[slot] = ((h >> tag_shift) << entry_bits) | e
 
 
 class ColdRegistry:
