@@ -40,6 +40,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 from jex.core import Engine
 from jex.core import commands as C
 from jex.core import events as E
+from jex.core.state import export_state, restore_state
 from reference_engine import ReferenceEngine
 
 SYMBOLS = ("AAA", "BBB", "CCC")
@@ -163,6 +164,17 @@ class Harness:
         if fast_open != ref_open:
             raise Disagreement(self._report("open_orders() differ", fast_open, ref_open))
         self.fast.check_invariants()
+
+    def restart(self) -> None:
+        """A snapshot and a restore mid-stream: the fast engine goes on from
+        its exported state (state version 3: the client-id registry restored
+        cold, core/registry.py, so later duplicate checks and lookups by
+        client id ask it), and must keep agreeing with the reference."""
+        restored = restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(self.fast))))
+        if restored.digest() != self.fast.digest():
+            raise Disagreement(f"restored digest differs at seq {self.seq}")
+        self.fast = restored
+        self.compare_state()
 
     def check_replay_digest(self) -> None:
         replayed = Engine()
@@ -409,6 +421,11 @@ class OracleMachine(RuleBasedStateMachine):
         if redefine is not None:
             self.h.step(C.Instrument(redefine, "0.01", "1"), 0)
 
+    @rule()
+    def restart(self):
+        """Snapshot and restore the fast engine (the reference goes on as it is)."""
+        self.h.restart()
+
     def teardown(self):
         self.h.check_replay_digest()
 
@@ -483,6 +500,7 @@ def pick_target_mode(rng: random.Random) -> str:
 SEEDS = (1, 2, 3, 4, 20240611, 777)
 STREAM_COMMANDS = 3_000
 DIGEST_EVERY = 500
+RESTART_EVERY = 700  # a snapshot/restore of the fast engine mid-stream
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -494,6 +512,8 @@ def test_seeded_random_stream(seed):
         h.step(cmd, dt)
         if n % DIGEST_EVERY == DIGEST_EVERY - 1:
             h.check_replay_digest()
+        if n % RESTART_EVERY == RESTART_EVERY - 1:
+            h.restart()
     h.check_replay_digest()
     # The stream must actually exercise the rules, or the oracle proves little.
     assert sum(inst.trade_count for inst in h.ref.instruments.values()) > STREAM_COMMANDS // 20

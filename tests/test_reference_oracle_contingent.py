@@ -588,6 +588,11 @@ class ContingentMachine(RuleBasedStateMachine):
         cmd, dt = self.gen.command(DataChooser(data))
         self.h.step(cmd, dt)
 
+    @rule()
+    def restart(self):
+        """Snapshot and restore the fast engine (groups, stops, the cold registry)."""
+        self.h.restart()
+
     def teardown(self):
         self.h.check_replay_digest()
 
@@ -607,6 +612,7 @@ TestContingentMachine = ContingentMachine.TestCase
 SEEDS = (7, 11, 12, 13, 2024)
 STREAM_COMMANDS = 4_000
 DIGEST_EVERY = 1_000
+RESTART_EVERY = 900  # a snapshot/restore of the fast engine mid-stream
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -621,6 +627,8 @@ def test_seeded_mixed_stream(seed):
         h.step(cmd, dt)
         if n % DIGEST_EVERY == DIGEST_EVERY - 1:
             h.check_replay_digest()
+        if n % RESTART_EVERY == RESTART_EVERY - 1:
+            h.restart()
     h.check_replay_digest()
     # The stream must actually exercise the rules, or the oracle proves little.
     assert sum(inst.trade_count for inst in h.ref.instruments.values()) > STREAM_COMMANDS // 10
