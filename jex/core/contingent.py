@@ -16,7 +16,7 @@ from __future__ import annotations
 from . import commands as C
 from .base import EngineBase, InstrumentState, shape_problem
 from .book import DONE, INACTIVE, OPEN, PENDING, TRIGGERED, Order
-from .commands import BUY, FOK, GTC, IOC, LIMIT, MARKET, SELL, STOP, STOP_LIMIT, TRAILING_STOP
+from .commands import BUY, FOK, GTC, IOC, LIMIT, MARKET, SELL, STOP, STOP_LIMIT
 from .errors import GroupError
 from .events import Accepted, Amended, Rejected, Triggered
 
