@@ -326,7 +326,29 @@ def offset_price(side: int, offset: int) -> int:
     return MID_PRICE + offset if side == C.BUY else MID_PRICE - offset
 
 
-class OracleMachine(RuleBasedStateMachine):
+class HarnessMachine(RuleBasedStateMachine):
+    """What every oracle machine does besides its commands: snapshot and
+    restore the fast engine now and then (the reference goes on as it is),
+    and check the replay digest at the end. ``self.h`` is its Harness."""
+
+    h: Harness
+
+    @rule()
+    def restart(self):
+        self.h.restart()
+
+    def teardown(self):
+        self.h.check_replay_digest()
+
+
+ORACLE_SETTINGS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+
+
+class OracleMachine(HarnessMachine):
     """Random command streams into both engines; every step is compared."""
 
     def __init__(self) -> None:
@@ -421,22 +443,8 @@ class OracleMachine(RuleBasedStateMachine):
         if redefine is not None:
             self.h.step(C.Instrument(redefine, "0.01", "1"), 0)
 
-    @rule()
-    def restart(self):
-        """Snapshot and restore the fast engine (the reference goes on as it is)."""
-        self.h.restart()
 
-    def teardown(self):
-        self.h.check_replay_digest()
-
-
-OracleMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=60,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+OracleMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, **ORACLE_SETTINGS)
 TestOracleMachine = OracleMachine.TestCase
 
 

@@ -79,15 +79,15 @@ import random
 from fractions import Fraction
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import initialize, rule
 
 from jex.core import Engine
 from jex.core import commands as C
 from jex.core import events as E
 from reference_engine import ReferenceEngine, live
-from test_reference_oracle import ACCOUNTS, Harness, assert_engines_agree
+from test_reference_oracle import ACCOUNTS, ORACLE_SETTINGS, Harness, HarnessMachine, assert_engines_agree
 
 N = C.NewOrder
 INSTRUMENTS_X = (
@@ -571,7 +571,7 @@ def new_harness() -> Harness:
 # ---------------------------------------------------------------- hypothesis
 
 
-class ContingentMachine(RuleBasedStateMachine):
+class ContingentMachine(HarnessMachine):
     """Random mixed command streams into both engines; every step is compared."""
 
     def __init__(self) -> None:
@@ -588,22 +588,8 @@ class ContingentMachine(RuleBasedStateMachine):
         cmd, dt = self.gen.command(DataChooser(data))
         self.h.step(cmd, dt)
 
-    @rule()
-    def restart(self):
-        """Snapshot and restore the fast engine (groups, stops, the cold registry)."""
-        self.h.restart()
 
-    def teardown(self):
-        self.h.check_replay_digest()
-
-
-ContingentMachine.TestCase.settings = settings(
-    max_examples=80,
-    stateful_step_count=50,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+ContingentMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=50, **ORACLE_SETTINGS)
 TestContingentMachine = ContingentMachine.TestCase
 
 
