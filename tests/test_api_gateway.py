@@ -167,11 +167,14 @@ def test_owner_index_covers_recovered_and_new_orders(tmp_path):
         assert gw.owner_of(second) == "C" and gw.owner_of(10**9) is None
 
 
-def test_owner_index_covers_orders_restored_from_a_snapshot(tmp_path):
-    """Restored entries stay in the engine's cold registry (core/registry.py):
-    the gateway asks it by id instead of copying them."""
+def test_owner_index_covers_orders_restored_from_a_snapshot(tmp_path, monkeypatch):
+    """Restored entries of a large registry stay in the engine's cold
+    registry (core/registry.py; "large" lowered to 0 here): the gateway asks
+    it by id instead of copying them."""
+    from jex.core import state
     from jex.node.exchange import Exchange
 
+    monkeypatch.setattr(state, "HOT_REGISTRY_MAX", 0)
     with Exchange.open(tmp_path, backend="pwrite") as node:
         node.submit(INSTRUMENT)
         ids = [node.submit(order(f"o{i}", account=f"acct{i % 3}"))[0]["order_id"] for i in range(20)]

@@ -105,6 +105,7 @@ class Harness:
         self.client_ids: dict[str, list[str]] = {a: [] for a in ACCOUNTS}  # registered per account
         self.rejected_cids: list[tuple[str, str]] = []  # (account, client_id) of rejected commands
         self.cid_counter = 0
+        self.restarts = 0
         for cmd in instruments:
             self.step(cmd, 0)
 
@@ -169,8 +170,13 @@ class Harness:
         """A snapshot and a restore mid-stream: the fast engine goes on from
         its exported state (state version 3: the client-id registry restored
         cold, core/registry.py, so later duplicate checks and lookups by
-        client id ask it), and must keep agreeing with the reference."""
-        restored = restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(self.fast))))
+        client id ask it; every other restart the registry is entered into
+        dicts instead, as a small one is), and must keep agreeing with the
+        reference."""
+        self.restarts += 1
+        cold = 0 if self.restarts % 2 else None  # hot_registry_max: 0 forces the cold registry
+        restored = restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(self.fast))),
+                                 hot_registry_max=cold)
         if restored.digest() != self.fast.digest():
             raise Disagreement(f"restored digest differs at seq {self.seq}")
         self.fast = restored

@@ -137,7 +137,7 @@ def _restored_engine() -> tuple[Engine, Codec]:
     for seq, raw in enumerate(flow, 1):
         command, _ = codec.command(raw)
         engine.apply(command, seq, seq)
-    restored = restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine))))
+    restored = restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine))), hot_registry_max=0)
     assert restored.client_ids == {} and len(restored.cold_registry) == 2
     return restored, Codec.for_engine(restored)
 

@@ -25,8 +25,8 @@ def _commands(seed: int, count: int) -> list:
     return out
 
 
-def _roundtrip(engine: Engine) -> Engine:
-    return restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine))))
+def _roundtrip(engine: Engine, **options) -> Engine:
+    return restore_state(msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine))), **options)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -149,7 +149,7 @@ def test_registry_is_restored_cold_and_answers_as_before():
     for c, s, t in commands[:3000]:
         engine.apply(c, s, t)
     exported = export_state(engine)
-    restored = _roundtrip(engine)
+    restored = _roundtrip(engine, hot_registry_max=0)
     assert restored.client_ids == {} and len(restored.cold_registry) == len(engine.registry())
     assert restored.registry() == engine.registry() and restored.digest() == engine.digest()
     assert msgspec.msgpack.encode(export_state(restored)) == msgspec.msgpack.encode(exported)
@@ -159,15 +159,19 @@ def test_registry_is_restored_cold_and_answers_as_before():
         assert engine.apply(c, s, t) == restored.apply(c, s, t)
     assert restored.client_ids and restored.registry() == engine.registry()
     assert restored.digest() == engine.digest()
-    again = _roundtrip(restored)  # cold columns extended by the hot entries
+    again = _roundtrip(restored, hot_registry_max=0)  # cold columns extended by the hot entries
     assert again.digest() == engine.digest() and again.client_ids == {}
+    # At most HOT_REGISTRY_MAX entries, a restore enters them into the dicts instead.
+    hot = _roundtrip(restored)
+    assert hot.cold_registry is None and hot.client_ids == engine.client_ids
+    assert hot.digest() == engine.digest() and hot.registry() == engine.registry()
 
 
 def test_a_registry_entry_below_the_cold_part_is_merged():
     """Not a shape the engine makes (entries made after a restore have
     higher ids), but the export must still be the canonical one."""
     engine = _engine(4, 1000)
-    restored = _roundtrip(engine)
+    restored = _roundtrip(engine, hot_registry_max=0)
     for e in (engine, restored):
         e.register("A-odd", "odd", 0)
     assert restored.registry() == engine.registry() and restored.digest() == engine.digest()

@@ -36,8 +36,10 @@ short int compiled). The table is built by inserting the entries in id order, so
 entries give an equal table: the export (and the state digest) is canonical.
 
 Costs: a lookup is O(1) expected (about 2 probes at worst load): a seed
-lookup, a key encode and one hash, ~0.6k instructions compiled; it runs
-where the dicts miss, so on every new order of a restored engine. ``build``
+lookup, a key encode and one hash, ~1.5k instructions compiled; it runs
+where the dicts miss, so on every new order of an engine restored with a
+cold registry (state.restore_state keeps one cold only above
+state.HOT_REGISTRY_MAX entries, 250 k; a smaller one goes into the dicts). ``build``
 is O(n) (in the snapshot's child, and extending a base: O(new entries)
 plus copies); wrapping the columns is O(1) in entries.
 """

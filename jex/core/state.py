@@ -60,7 +60,12 @@ from .registry import build as build_cold
 from .stops import export_stops, restore_stops
 
 STATE_VERSION = 3
-STATE_VERSIONS_RESTORED = (2, STATE_VERSION)  # 2 holds its registry as columns of strings, restored into dicts
+STATE_VERSIONS_RESTORED = (2, STATE_VERSION)
+# A restored registry of at most this many entries goes into the engine's
+# dicts (~0.1 s at this size), where a new order's duplicate check costs
+# nothing extra; a larger one stays cold (core/registry.py): restored in
+# O(1), each new order's check then also asks it (~1.5k instructions).
+HOT_REGISTRY_MAX = 250_000  # 2 holds its registry as columns of strings, restored into dicts
 
 # Every Order slot except the links a restore rebuilds (queue pointers,
 # level, trailing group, group): the columns of the order table, in this order.
@@ -352,10 +357,14 @@ def _export_group(group) -> list:
             list(group.symbols), group.order.order_id]
 
 
-def restore_state(data: list, engine_class: Any = None) -> Any:
+def restore_state(data: list, engine_class: Any = None, hot_registry_max: int | None = None) -> Any:
     """Rebuild an Engine from ``export_state`` output. Raises ValueError on a
     shape it does not understand (or TypeError, KeyError, IndexError on one
-    whose parts have the wrong types). O(orders + registry), mostly C loops."""
+    whose parts have the wrong types). O(orders), plus O(registry) when the
+    registry has at most ``hot_registry_max`` entries (default
+    ``HOT_REGISTRY_MAX``): then it is entered into the engine's dicts, where
+    lookups cost nothing extra; above, it stays cold (core/registry.py),
+    restored in O(1) and asked where the dicts miss. Mostly C loops."""
     from .engine import Engine
 
     if engine_class is None:
@@ -411,7 +420,11 @@ def restore_state(data: list, engine_class: Any = None) -> Any:
         engine.client_ids = _restore_registry(registry, strings, accounts, client_ids, ids)
     else:
         cold = ColdRegistry(registry)
-        engine.cold_registry = cold if len(cold) else None
+        limit = HOT_REGISTRY_MAX if hot_registry_max is None else hot_registry_max
+        if len(cold) > limit:
+            engine.cold_registry = cold
+        elif len(cold):
+            engine.client_ids = _registry_dicts(cold.entries())
     expire_at = columns[_ORDER_FIELDS.index("expire_at")]
     if _is_constant(expire_at, None):
         engine._gtd = []
@@ -580,6 +593,17 @@ def _link_queue(level: Level, queue: list[int], table: list[Order]) -> None:
         qty += order.qty
     level.tail = prev
     level.qty = qty
+
+
+def _registry_dicts(rows: list[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    """A registry's (account, client_id, id) rows as the engine's dicts. O(n)."""
+    registry: dict[str, dict[str, int]] = {}
+    for account, client_id, order_id in rows:
+        entries = registry.get(account)
+        if entries is None:
+            entries = registry[account] = _hash_keeping_dict()
+        entries[client_id] = order_id
+    return registry
 
 
 def _restore_registry(data: list, strings: list, accounts: list[int], client_ids: list,
