@@ -69,6 +69,7 @@ def test_engine_run_shape_and_determinism():
     w = workloads.std(2, 300)
     r = inmemory.engine_run(w)
     assert r["commands"] == 300 and r["throughput_cmd_s"] > 0 and r["throughput_gc_off_cmd_s"] > 0
+    assert r["throughput_restored_cmd_s"] > 0  # the restored pass reached the same digest: digest_matches
     assert r["digest_matches"] and r["digest"] == w.digest
     assert set(r["latency_ns"]) == {OVERALL, *w.kinds()}
     assert all(SUMMARY_KEYS <= set(s) for s in r["latency_ns"].values())

@@ -36,8 +36,11 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import msgspec
+
 import jex.native as native
 from jex.core import Codec, Engine
+from jex.core.state import export_state, restore_state
 from jex.snapshots import gcpolicy
 
 from .hist import summarize, summarize_with_curve
@@ -67,45 +70,72 @@ def _setup_engine(workload: Workload) -> Engine:
     return engine
 
 
-def _throughput_pass(workload: Workload) -> tuple[float, str]:
-    """Seconds to apply the timed commands to a fresh engine, and its digest."""
+def _throughput_pass(workload: Workload, restored: bool = False) -> tuple[float, float, str]:
+    """Apply the timed commands to a fresh engine: (seconds for all of them,
+    seconds for their second half, the digest). With ``restored``, the
+    engine goes through a snapshot round trip (export, msgpack, restore)
+    after the first half, untimed, and only the second half is timed (the
+    first figure is then 0): what a node runs after a restart when its
+    client-id registry is large (above state.HOT_REGISTRY_MAX entries, kept
+    cold: core/registry.py; forced here), so every new order's duplicate
+    check misses the dicts and asks it."""
     commands, stamps, first = workload.commands, workload.ts, workload.setup
+    middle = first + (len(commands) - first) // 2
     engine = _setup_engine(workload)
     apply = engine.apply
     started = time.perf_counter()
-    for i in range(first, len(commands)):
+    for i in range(first, middle):
         apply(commands[i], i + 1, stamps[i])
-    seconds = time.perf_counter() - started
-    return seconds, engine.digest()
+    if restored:
+        body = msgspec.msgpack.decode(msgspec.msgpack.encode(export_state(engine)))
+        engine = restore_state(body, hot_registry_max=0)  # cold, as a registry above HOT_REGISTRY_MAX is
+        apply = engine.apply
+    halfway = time.perf_counter()
+    for i in range(middle, len(commands)):
+        apply(commands[i], i + 1, stamps[i])
+    done = time.perf_counter()
+    return (0.0 if restored else done - started), done - halfway, engine.digest()
 
 
 def engine_run(workload: Workload, rounds: int = 1) -> dict:
     """Throughput and per-kind latency of ``Engine.apply`` on ``workload``.
 
     Returns ``{"commands", "seconds", "throughput_cmd_s",
-    "throughput_gc_off_cmd_s", "rounds_cmd_s", "rounds_gc_off_cmd_s",
-    "latency_ns": {"all": summary, <label>: summary, ...}, "digest",
-    "digest_matches"}``. The throughput pass runs ``rounds`` times,
-    alternating with a pass with the collector disabled (what the cyclic
-    GC costs the engine); the figures are medians.
+    "throughput_gc_off_cmd_s", "throughput_restored_cmd_s", "rounds_cmd_s",
+    "rounds_gc_off_cmd_s", "rounds_restored_cmd_s", "latency_ns": {"all":
+    summary, <label>: summary, ...}, "digest", "digest_matches"}``. The
+    throughput pass runs ``rounds`` times, alternating with a pass with the
+    collector disabled (what the cyclic GC costs the engine) and one whose
+    engine is restored from its snapshot halfway (what a node runs after a
+    restart: the cold registry's cost); ``throughput_restored_cmd_s`` is the
+    second half's rate there, ``throughput_second_half_cmd_s`` the same
+    commands' rate in the plain pass. The figures are medians.
     """
     commands, stamps, first = workload.commands, workload.ts, workload.setup
     timed = len(commands) - first
+    halves = timed - timed // 2
     on: list[float] = []
     off: list[float] = []
+    restored: list[float] = []
+    second_half: list[float] = []
     digests = set()
     for _ in range(max(1, rounds)):
         with frozen_heap():
-            seconds, digest = _throughput_pass(workload)
+            seconds, seconds_half, digest = _throughput_pass(workload)
         on.append(seconds)
+        second_half.append(seconds_half)
         digests.add(digest)
         with frozen_heap():
             gc.disable()
             try:
-                seconds_gc_off, digest = _throughput_pass(workload)
+                seconds_gc_off, _, digest = _throughput_pass(workload)
             finally:
                 gc.enable()
         off.append(seconds_gc_off)
+        digests.add(digest)
+        with frozen_heap():
+            _, seconds_restored, digest = _throughput_pass(workload, restored=True)
+        restored.append(seconds_restored)
         digests.add(digest)
     seconds, seconds_gc_off = statistics.median(on), statistics.median(off)
     with frozen_heap():
@@ -127,8 +157,11 @@ def engine_run(workload: Workload, rounds: int = 1) -> dict:
         "seconds": round(seconds, 4),
         "throughput_cmd_s": _rate(timed, seconds),
         "throughput_gc_off_cmd_s": _rate(timed, seconds_gc_off),
+        "throughput_restored_cmd_s": _rate(halves, statistics.median(restored)),
+        "throughput_second_half_cmd_s": _rate(halves, statistics.median(second_half)),
         "rounds_cmd_s": [_rate(timed, s) for s in on],
         "rounds_gc_off_cmd_s": [_rate(timed, s) for s in off],
+        "rounds_restored_cmd_s": [_rate(halves, s) for s in restored],
         "latency_ns": {OVERALL: summarize_with_curve(latencies), **{k: summarize(v) for k, v in by_kind.items()}},
         "digest": digest_latency,
         "digest_matches": digests == {digest_latency} == {workload.digest},
@@ -155,7 +188,7 @@ def throughput_only(workload: Workload, rounds: int = 1) -> dict:
     digests = set()
     for _ in range(max(1, rounds)):
         with frozen_heap():
-            s, digest = _throughput_pass(workload)
+            s, _, digest = _throughput_pass(workload)
         seconds.append(s)
         digests.add(digest)
     return {"throughput_cmd_s": _rate(timed, statistics.median(seconds)),

@@ -36,6 +36,10 @@ def figures(result: dict) -> list[dict]:
         core = result.get("meta", {}).get("core", "pure")
         rows.append(_row("engine", f"{name}: Engine.apply ({core} core)", e["throughput_cmd_s"], "cmd/s",
                          "same pass, GC disabled", e["throughput_gc_off_cmd_s"]))
+        if "throughput_restored_cmd_s" in e:
+            rows.append(_row("engine", f"{name}: 2nd half, after a restore (cold registry)",
+                             e["throughput_restored_cmd_s"], "cmd/s", "2nd half, no restore",
+                             e["throughput_second_half_cmd_s"]))
         other = e.get("other_core")
         if other is not None:
             rows.append(_row("engine", f"{name}: {core} / {other['core']} core", e["throughput_cmd_s"], "cmd/s",
