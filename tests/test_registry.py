@@ -179,3 +179,22 @@ def test_wide_slots_above_the_small_table_limit(monkeypatch):
     extended = _cold(rows[3:], cold)
     assert extended.slot_width == 8 and extended.entries() == rows
     assert all(extended.get(a, c) == i for a, c, i in rows) and extended.get("acct0", "c1") is None
+
+
+def test_check_proves_the_columns_are_their_entries_build():
+    rows = [(f"acct{i % 3}", f"c{i}", i + 1) for i in range(40)]
+    _cold(rows).check()
+    swapped = R.build([a for a, _, _ in rows], [c for _, c, _ in rows], [i for _, _, i in rows])
+    width = swapped[2][3]
+    slots = bytearray(swapped[7])
+    occupied = [at for at in range(0, len(slots), width) if any(slots[at : at + width])]
+    a, b = occupied[0], occupied[1]
+    slots[a : a + width], slots[b : b + width] = slots[b : b + width], slots[a : a + width]
+    swapped[7] = bytes(slots)
+    for columns, reason in (
+        (swapped, "not what their entries build"),
+        (R.build(["A", "A"], ["x", "y"], [2, 1]), "not ascending"),
+        (R.build(["A", "A"], ["x", "x"], [1, 2]), "twice"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            ColdRegistry(columns).check()

@@ -384,6 +384,37 @@ def test_older_state_versions_still_start_a_pruned_node(tmp_path, version):
         assert [n for n in node.recovery_notices if "unknown_state_version" in n]
 
 
+def test_a_verifying_load_proves_a_cold_registry_kept_as_stored(tmp_path, monkeypatch):
+    """A cold registry is kept as the file stores it, so re-exporting it
+    proves nothing: a verifying load (check_digest, what `jex replay
+    --verify` and `jex snapshot list --deep` use) rebuilds its columns from
+    its entries and refuses a table that is not theirs; recovery's fast load
+    does not look (the body checksum guards against accidents)."""
+    from jex.core import state
+
+    monkeypatch.setattr(state, "HOT_REGISTRY_MAX", 0)
+    build(tmp_path, prune_wal=False)
+    newest = snapshot_paths(tmp_path)[-1]
+    assert store.load(newest).engine.cold_registry is not None
+    header = store.read_header(newest)
+    data = msgspec.msgpack.decode(newest.read_bytes()[HEADER_BYTES:])
+    slots = bytearray(data[8][7])
+    width = data[8][2][3]
+    occupied = [at for at in range(0, len(slots), width) if any(slots[at : at + width])]
+    first, second = occupied[0], occupied[1]
+    slots[first : first + width], slots[second : second + width] = slots[second : second + width], slots[first : first + width]
+    data[8][7] = bytes(slots)  # two entries swapped: a shape restore accepts, lookups that go wrong
+    body = msgspec.msgpack.encode(data)
+    checksum = xxhash.xxh3_128_digest(body)
+    forged = SnapshotHeader(header.seq, header.ts_ns, header.chain, checksum, len(body), checksum,
+                            state_version=header.state_version)
+    newest.write_bytes(forged.encode() + body)
+    with pytest.raises(SnapshotError) as caught:
+        store.load(newest)
+    assert caught.value.reason == "state_rejected" and "cold registry" in str(caught.value)
+    assert store.load(newest, check_digest=False).engine.cold_registry is not None
+
+
 def _log_with_a_tail_after_the_newest_snapshot(path: Path) -> tuple[int, int, str]:
     """Snapshots at two seqs, then more commands; (older seq, newest seq, live digest)."""
     commands = flow(5, 1800)

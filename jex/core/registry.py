@@ -328,6 +328,24 @@ class ColdRegistry:
         start = self._end(e - 1) if e else 0
         return self.blob[start : self._end(e)] == key
 
+    def check(self) -> None:
+        """Prove the columns are exactly what ``build`` makes of the entries
+        they hold (ids ascending, no key twice, the table and every width
+        canonical). Raises ValueError otherwise. O(n): for the verifying
+        loads (``store.load(check_digest=True)``: ``jex replay --verify``,
+        ``jex snapshot list --deep``), where a restore that keeps the bytes
+        as they are would otherwise re-export them unproven."""
+        rows = self.entries()
+        ids = [order_id for _, _, order_id in rows]
+        for p in range(1, len(ids)):
+            if ids[p] <= ids[p - 1]:
+                raise ValueError(f"cold registry ids not ascending at entry {p}")
+        if len({(account, client_id) for account, client_id, _ in rows}) != len(rows):
+            raise ValueError("cold registry holds a key twice")
+        rebuilt = build([a for a, _, _ in rows], [c for _, c, _ in rows], ids)
+        if rebuilt != list(self.columns):
+            raise ValueError("cold registry columns are not what their entries build")
+
     def entries(self) -> list[tuple[str, str, int]]:
         """Every ``(account, client_id, id)``, in id order. O(n). Raises
         ValueError on an account index out of range or bytes that are not UTF-8."""

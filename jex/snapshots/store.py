@@ -374,6 +374,9 @@ def _check_restored(engine, header: SnapshotHeader, path: Path, check_digest: bo
         raise SnapshotError("seq_mismatch", path, f"state is at seq {engine.seq!r}, header says {header.seq}")
     if check_digest:
         started = time.perf_counter()
+        cold = getattr(engine, "cold_registry", None)
+        if cold is not None:
+            cold.check()  # kept as stored, so the re-export below would not prove it
         digest = state_digest(engine, header.state_version)
         seconds["digest_s"] = time.perf_counter() - started
         if digest != header.digest_hex:
