@@ -180,10 +180,8 @@ class ContingentMixin(EngineBase):
     def _duplicate(self, account: str, client_ids: list[str]) -> str | None:
         if len(set(client_ids)) != len(client_ids):
             return "client ids within a group must differ"
-        known = self.client_ids.get(account, {})
-        cold = self.cold_registry
         for cid in client_ids:
-            if cid in known or (cold is not None and cold.get(account, cid) is not None):
+            if self.registered(account, cid) is not None:
                 return f"client_id {cid} was already used"
         return None
 

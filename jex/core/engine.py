@@ -597,14 +597,9 @@ class Engine(AuctionMixin):
         if key is None:
             if client_id is None:
                 return None
-            ids = self.client_ids.get(account)
-            key = None if ids is None else ids.get(client_id)
+            key = self.registered(account, client_id)
             if key is None:
-                if self.cold_registry is None:
-                    return None
-                key = self.cold_registry.get(account, client_id)
-                if key is None:
-                    return None
+                return None
         target: Order | OcoGroup | BracketGroup | ConditionalGroup | None = self.orders.get(key)
         if target is None:
             target = self.groups.get(key)

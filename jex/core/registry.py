@@ -166,7 +166,7 @@ def build(accounts: list[str], client_ids: list[str], ids: list[int], base: Cold
     else:
         slots = array(_UNSIGNED[slot_width], bytes(slot_width * size))
         if base is not None:  # the table grows: base's entries again, then the new ones
-            _insert(slots, size - 1, entry_bits, tag_shift, seeds, base_accounts(base), base_keys(base), 0)
+            _insert(slots, size - 1, entry_bits, tag_shift, seeds, _base_accounts(base), _base_keys(base), 0)
         _insert(slots, size - 1, entry_bits, tag_shift, seeds, account_index, keys, first)
     return [total, names, widths, _le_bytes(account_column), blob, _le_bytes(ends), _le_bytes(id_column),
             _le_bytes(slots)]
@@ -187,11 +187,11 @@ def _le_bytes(packed: array) -> bytes:
     return packed.tobytes()
 
 
-def base_accounts(base: ColdRegistry) -> list[int]:
+def _base_accounts(base: ColdRegistry) -> list[int]:
     return _extended(base.accounts, base.widths[0], base.widths[0]).tolist()
 
 
-def base_keys(base: ColdRegistry) -> list[bytes]:
+def _base_keys(base: ColdRegistry) -> list[bytes]:
     ends = _extended(base.ends, base.widths[1], base.widths[1]).tolist()
     blob = base.blob
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends)]

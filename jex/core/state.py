@@ -60,12 +60,12 @@ from .registry import build as build_cold
 from .stops import export_stops, restore_stops
 
 STATE_VERSION = 3
-STATE_VERSIONS_RESTORED = (2, STATE_VERSION)
+STATE_VERSIONS_RESTORED = (2, STATE_VERSION)  # 2 holds its registry as columns of strings, restored into dicts
 # A restored registry of at most this many entries goes into the engine's
 # dicts (~0.1 s at this size), where a new order's duplicate check costs
 # nothing extra; a larger one stays cold (core/registry.py): restored in
 # O(1), each new order's check then also asks it (~1.5k instructions).
-HOT_REGISTRY_MAX = 250_000  # 2 holds its registry as columns of strings, restored into dicts
+HOT_REGISTRY_MAX = 250_000
 
 # Every Order slot except the links a restore rebuilds (queue pointers,
 # level, trailing group, group): the columns of the order table, in this order.
